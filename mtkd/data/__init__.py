@@ -1,0 +1,1 @@
+"""Datasets (in-memory, with stable example ids) and Grain input pipelines."""

@@ -1,0 +1,79 @@
+"""Prediction over whole splits, and metrics computed on the host.
+
+Predictions pad the last batch and drop the padding, so every example counts
+exactly once. Metrics are recomputed in float64 numpy from the logits: an
+implementation independent of the jax losses used for training.
+"""
+
+from collections.abc import Mapping
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from mtkd import sharding, train
+from mtkd.data import pipeline
+from mtkd.data.datasets import Split
+
+
+def predict(model: nn.Module, params, split: Split, batch_size: int,
+            mesh) -> dict[str, np.ndarray]:
+  """`{task: [N, C] float32 logits}` for every example of `split`, in order."""
+  fn = train.make_predict(model, mesh)
+  out: dict[str, list[np.ndarray]] = {}
+  bsharding = sharding.batch_sharding(mesh)
+  for batch in pipeline.iterate(pipeline.eval_stream(split, batch_size)):
+    inputs = jax.make_array_from_process_local_data(bsharding, batch["inputs"])
+    n = int(batch["mask"].sum())
+    for task, logits in fn(params, inputs).items():
+      out.setdefault(task, []).append(np.asarray(logits, np.float32)[:n])
+  return {t: np.concatenate(v) for t, v in out.items()}
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+  x = np.asarray(x, np.float64)
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def classification(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+  """Accuracy and mean CE over labelled (label >= 0) examples."""
+  keep = labels >= 0
+  logits, labels = logits[keep], labels[keep]
+  logp = _log_softmax(logits)
+  return {"accuracy": float(np.mean(logits.argmax(-1) == labels)),
+          "loss": float(-np.mean(logp[np.arange(len(labels)), labels])),
+          "count": int(keep.sum())}
+
+
+def kl(teacher: np.ndarray, student: np.ndarray, temperature: float) -> float:
+  """Mean over examples of KL(softmax(t/T) || softmax(s/T)) (no T^2)."""
+  lt, ls = _log_softmax(teacher / temperature), _log_softmax(
+      student / temperature)
+  return float(np.mean(np.sum(np.exp(lt) * (lt - ls), -1)))
+
+
+def agreement(student: np.ndarray, teacher: np.ndarray,
+              temperature: float) -> dict[str, float]:
+  """Top-1 agreement with the teacher, and KL at T and at T=1."""
+  return {"agreement": float(np.mean(student.argmax(-1) == teacher.argmax(-1))),
+          "kl": kl(teacher, student, temperature),
+          "kl_t1": kl(teacher, student, 1.0)}
+
+
+def format_table(results: Mapping[str, Mapping[str, Mapping[str, float]]]
+                 ) -> str:
+  """A fixed-width table: one row per (task, model)."""
+  head = (f"{'task':<12}{'model':<10}{'accuracy':>10}{'loss':>9}"
+          f"{'agree':>8}{'KL@T':>8}{'Δacc':>8}")
+  lines = [head, "-" * len(head)]
+  for task, models in results.items():
+    base = models.get("baseline", {}).get("accuracy")
+    for name, m in models.items():
+      delta = (f"{100 * (m['accuracy'] - base):+8.2f}"
+               if name == "student" and base is not None else " " * 8)
+      agree = f"{100 * m['agreement']:8.2f}" if "agreement" in m else " " * 8
+      klt = f"{m['kl']:8.4f}" if "kl" in m else " " * 8
+      lines.append(f"{task:<12}{name:<10}{100 * m['accuracy']:10.2f}"
+                   f"{m['loss']:9.4f}{agree}{klt}{delta}")
+  return "\n".join(lines)

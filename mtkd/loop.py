@@ -1,0 +1,102 @@
+"""The training loop shared by every stage (teachers, baseline, student).
+
+One loop for all stages: what differs between them is the model, the
+objective and the input stream. The loop restores the latest checkpoint of
+its stage, so a finished stage is skipped and an interrupted one resumes;
+the data stream is indexed by step, so resuming needs no iterator state.
+"""
+
+import dataclasses
+import math
+import os
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import optax
+
+from mtkd import checkpoint, configs_util, sharding, train
+from mtkd.data import pipeline
+from mtkd.errors import UserError
+from mtkd.metric_writers import MetricWriter, Progress
+from mtkd.objectives import Objective, TaskSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """Everything that defines one training run of one model."""
+  name: str
+  directory: str
+  model: nn.Module
+  tx: optax.GradientTransformation
+  objective: Objective
+  tasks: tuple[TaskSpec, ...]
+  stream: grain.MapDataset
+  num_steps: int
+  batch_size: int
+  seed: int
+  input_shape: tuple[int, ...]
+  config: dict  # Result-affecting settings; stored with checkpoints.
+  log_every: int = 100
+  checkpoint_every: int = 1000
+
+
+def check_config(stage: Stage, saved: dict, where: str) -> None:
+  keys = configs_util.diff(saved, stage.config)
+  if keys:
+    raise UserError(
+        f"{where} was written by a different configuration of stage "
+        f"{stage.name!r}; differing keys: {', '.join(keys)}. Refusing to mix "
+        "results. Fix: use a fresh --workdir, or restore the original config.")
+
+
+def fit(stage: Stage, mesh) -> train.TrainState:
+  """Trains (or resumes, or just restores) a stage; returns the final state."""
+  sharding.check_batch_size(stage.batch_size, mesh, f"{stage.name} batch_size")
+  init_rng, step_rng = jax.random.split(jax.random.key(stage.seed))
+  state = train.init_state(stage.model, stage.tx, stage.input_shape, init_rng,
+                           mesh)
+  ckpt = checkpoint.Checkpointer(os.path.join(stage.directory, "checkpoints"))
+  meta = {"stage": stage.name, "config": stage.config}
+  start = ckpt.latest_step() or 0
+  if start:
+    check_config(stage, ckpt.meta(start).get("config", {}),
+                 f"Checkpoint {ckpt.directory}/{start}")
+    state, _ = ckpt.restore(start, state, mesh)
+  if start >= stage.num_steps:
+    ckpt.close()
+    return state
+  if start:
+    print(f"{stage.name}: resuming at step {start}/{stage.num_steps}.",
+          flush=True)
+
+  step_fn = train.compile_train_step(
+      train.make_train_step(stage.model, stage.tx, stage.objective,
+                            stage.tasks), mesh)
+  writer = MetricWriter(os.path.join(stage.directory, "logs"))
+  progress = Progress(stage.name, stage.num_steps, start, stage.batch_size)
+  sums, last_logged = None, start
+  step = start
+  for batch in pipeline.iterate(stage.stream, start, stage.num_steps):
+    state, metrics = step_fn(state, sharding.put_batch(batch, mesh), step_rng)
+    sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+    step += 1
+    if step % stage.log_every == 0 or step == stage.num_steps:
+      means = train.metric_means(jax.device_get(sums))
+      if not math.isfinite(means["loss"]):
+        raise UserError(
+            f"{stage.name}: the loss became non-finite between steps "
+            f"{last_logged + 1} and {step}; the last good checkpoint is "
+            f"{ckpt.latest_step() or 'none'}. Fix: lower the learning rate or "
+            "check the inputs for extreme values.")
+      writer.write(step, {f"train/{k}": v for k, v in means.items()})
+      progress.update(step, f"loss {means['loss']:.4f}")
+      sums, last_logged = None, step
+    if step % stage.checkpoint_every == 0 and step < stage.num_steps:
+      ckpt.save(step, state, meta)
+  ckpt.save(step, state, meta, force=True)
+  ckpt.close()
+  writer.close()
+  progress.update(step, f"done in {progress.elapsed():.1f}s", force=True)
+  return state

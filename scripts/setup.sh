@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Creates .venv with mtkd's requirements and installs Fashion-MNIST (Debian).
+# Idempotent: safe to re-run. Used by both README commands and by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install -q -U pip 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/pip install -q -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import jax, flax, optax, orbax.checkpoint, grain, ml_collections, tensorboardX"
+if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
+   && [ -z "${MTKD_FASHION_MNIST_DIR:-}" ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  ($SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
+    || echo "setup: could not install dataset-fashion-mnist; tests that need it will skip." >&2
+fi
