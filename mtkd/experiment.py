@@ -75,8 +75,11 @@ def check_config(config, ds: datasets.Dataset, mesh) -> tuple[TaskSpec, ...]:
     if not s.weight >= 0:
       raise UserError(f"Weight for task {s.name!r} is {s.weight}; it must be "
                       ">= 0.")
+  TEACHER_LAYOUTS.get(config.teacher.kind)
   for part in ("teacher", "student"):
     c = config[part]
+    models.TRUNKS.get(c.model.name)  # Unknown names fail here, not mid-run.
+    train.OPTIMIZERS.get(c.optimizer.name)
     sharding.check_batch_size(c.batch_size, mesh, f"config.{part}.batch_size")
     if c.steps <= 0:
       raise UserError(f"config.{part}.steps is {c.steps}; it must be > 0.")

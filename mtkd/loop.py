@@ -76,6 +76,20 @@ def fit(stage: Stage, mesh) -> train.TrainState:
                             stage.tasks), mesh)
   writer = MetricWriter(os.path.join(stage.directory, "logs"))
   progress = Progress(stage.name, stage.num_steps, start, stage.batch_size)
+  try:
+    state = _train(stage, mesh, step_fn, state, step_rng, start, ckpt, meta,
+                   writer, progress)
+  finally:  # Let in-flight async saves finish, even when training failed.
+    ckpt.close()
+    writer.close()
+  progress.update(stage.num_steps, f"done in {progress.elapsed():.1f}s",
+                  force=True)
+  return state
+
+
+def _train(stage, mesh, step_fn, state, step_rng, start, ckpt, meta, writer,
+           progress):
+  """Steps from `start` to the end, logging and checkpointing on cadence."""
   sums, last_logged = None, start
   step = start
   for batch in pipeline.iterate(stage.stream, start, stage.num_steps):
@@ -96,7 +110,4 @@ def fit(stage: Stage, mesh) -> train.TrainState:
     if step % stage.checkpoint_every == 0 and step < stage.num_steps:
       ckpt.save(step, state, meta)
   ckpt.save(step, state, meta, force=True)
-  ckpt.close()
-  writer.close()
-  progress.update(step, f"done in {progress.elapsed():.1f}s", force=True)
   return state

@@ -67,7 +67,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     params = optax.apply_updates(state.params, updates)
     one = jnp.ones((), jnp.float32)
     metrics = dict(metrics, loss=(loss, one),
-                   grad_norm=(optax.global_norm(grads), one))
+                   grad_norm=(optax.tree.norm(grads), one))
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step

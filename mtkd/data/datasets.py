@@ -306,11 +306,11 @@ def validate(ds: Dataset, source: str) -> None:
 def build(cfg) -> Dataset:
   """Builds, trims (max_train/max_test, for smoke runs) and validates."""
   ds = DATASETS.get(cfg.name)(cfg)
-  if ds.train.x.ndim == 3:
-    # [N, H, W] -> single-channel images [N, H, W, 1].
-    ds = dataclasses.replace(
-        ds, train=dataclasses.replace(ds.train, x=ds.train.x[..., None]),
-        test=dataclasses.replace(ds.test, x=ds.test.x[..., None]))
+  # [N, H, W] -> single-channel images [N, H, W, 1].
+  ds = dataclasses.replace(ds, **{
+      name: dataclasses.replace(split, x=split.x[..., None])
+      for name, split in (("train", ds.train), ("test", ds.test))
+      if split.x.ndim == 3})
   if cfg.get("max_train", 0):
     ds = dataclasses.replace(ds, train=ds.train.take(slice(0, cfg.max_train)))
   if cfg.get("max_test", 0):

@@ -1,0 +1,140 @@
+"""End-to-end smoke runs of the pipeline, in-process and through the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import quickstart
+from mtkd import experiment
+from mtkd.data import datasets
+from mtkd.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _smoke(**data):
+  c = quickstart.get_config("smoke")
+  c.data.update(data)
+  return c
+
+
+def test_pipeline_end_to_end_on_digits(tmp_path):
+  w = str(tmp_path / "w")
+  results = experiment.run(_smoke(name="digits"), w)
+  assert set(results) == {"digit", "parity"}
+  with open(os.path.join(w, "results.json")) as f:
+    assert json.load(f) == results
+  for task, chance in (("digit", 0.1), ("parity", 0.5)):
+    r = results[task]
+    assert set(r) == {"teacher", "baseline", "student"}
+    for m in r.values():
+      assert 0 <= m["accuracy"] <= 1 and m["loss"] > 0
+    assert r["teacher"]["accuracy"] > chance + 0.2
+    assert "agreement" in r["student"] and "kl" in r["student"]
+  # The reported teacher accuracy is that of the cached test logits.
+  test = datasets.build(_smoke(name="digits").data).test
+  logits = np.load(os.path.join(w, "cache", "digit", "test",
+                                "logits_digit.npy"))
+  acc = np.mean(logits.argmax(-1) == test.labels["digit"])
+  assert results["digit"]["teacher"]["accuracy"] == pytest.approx(acc)
+  for name in ("config.json", "command.txt", "versions.json", "git.txt",
+               "timings.json", "student/logs/metrics.jsonl"):
+    assert os.path.isfile(os.path.join(w, name)), name
+  assert any(f.startswith("events.out.tfevents")
+             for f in os.listdir(os.path.join(w, "student", "logs")))
+
+  # Re-running skips every stage (no new checkpoints) and gives equal results.
+  ckpt = os.path.join(w, "student", "checkpoints")
+  before = {f: os.stat(os.path.join(ckpt, f)).st_mtime_ns
+            for f in os.listdir(ckpt)}
+  assert experiment.run(_smoke(name="digits"), w) == results
+  assert {f: os.stat(os.path.join(ckpt, f)).st_mtime_ns
+          for f in os.listdir(ckpt)} == before
+
+  # A result-changing config in the same workdir is refused, by key.
+  c = _smoke(name="digits")
+  c.student.optimizer.learning_rate = 0.5
+  with pytest.raises(UserError, match="student.optimizer.learning_rate"):
+    experiment.run(c, w)
+
+
+def test_multi_task_teacher_and_no_transfer_set(tmp_path):
+  c = _smoke(name="digits", transfer_set=False)
+  c.teacher.kind = "multi"
+  results = experiment.run(c, str(tmp_path))
+  assert os.listdir(tmp_path / "teachers") == ["multi"]
+  assert results["digit"]["teacher"]["accuracy"] > 0.3
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda c: setattr(c.distill, "temperature", 0.0), "must be > 0"),
+    (lambda c: setattr(c.distill, "alpha", 1.5), r"in \[0, 1\]"),
+    (lambda c: setattr(c.student, "batch_size", 60), "multiple of the 8"),
+    (lambda c: setattr(c.data, "num_labeled", 0), "num_labeled"),
+    (lambda c: setattr(c.teacher, "kind", "dual"), "Unknown teacher layout"),
+    (lambda c: setattr(c.student.model, "name", "resnet"), "Unknown model"),
+])
+def test_bad_config_fails_before_training(tmp_path, edit, match):
+  c = _smoke(name="digits")
+  edit(c)
+  with pytest.raises(UserError, match=match):
+    experiment.run(c, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w" / "teachers")
+
+
+def _cli(*args, timeout=300):
+  return subprocess.run(
+      [sys.executable, "-m", "mtkd.main", *args], cwd=ROOT, timeout=timeout,
+      capture_output=True, text=True,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def test_cli_npz_override_with_vector_inputs(tmp_path):
+  rng = np.random.default_rng(0)
+  w = rng.normal(size=(12, 3))
+  def make(n):
+    x = rng.normal(size=(n, 12)).astype(np.float32)
+    z = x @ w
+    return x, (z[:, 0] > 0).astype(int), np.digitize(z[:, 1], [-1, 0, 1])
+  xtr, a_tr, b_tr = make(600)
+  xte, a_te, b_te = make(200)
+  path = tmp_path / "d.npz"
+  np.savez(path, x_train=xtr, x_test=xte, y_train_sign=a_tr, y_test_sign=a_te,
+           y_train_bin=b_tr, y_test_bin=b_te)
+  r = _cli("--config=configs/quickstart.py:smoke", f"--workdir={tmp_path/'w'}",
+           "--config.data.name=npz", f"--config.data.path={path}",
+           "--config.student.steps=30")
+  assert r.returncode == 0, r.stderr[-3000:]
+  results = json.load(open(tmp_path / "w" / "results.json"))
+  assert set(results) == {"sign", "bin"}
+  assert results["sign"]["teacher"]["accuracy"] > 0.7
+  cfg = json.load(open(tmp_path / "w" / "config.json"))
+  assert cfg["student"]["steps"] == 30 and cfg["data"]["name"] == "npz"
+
+
+def test_cli_user_error_is_one_clear_message(tmp_path):
+  r = _cli("--config=configs/quickstart.py:smoke", f"--workdir={tmp_path}",
+           "--config.data.name=digits", "--config.distill.temperature=-1")
+  assert r.returncode == 2
+  assert "mtkd: error: Temperature" in r.stderr
+  assert "Traceback" not in r.stderr
+  r = _cli("--config=configs/quickstart.py:smoke", f"--workdir={tmp_path}",
+           "--config.student.stpes=3")
+  assert r.returncode != 0 and "stpes" in r.stderr
+
+
+@pytest.mark.skipif(not any(os.path.isdir(d) for d in
+                            datasets.FASHION_MNIST_DIRS),
+                    reason="Fashion-MNIST not installed (dataset-fashion-mnist)")
+def test_quickstart_smoke_on_real_fashion_mnist(tmp_path):
+  r = _cli("--config=configs/quickstart.py:smoke", f"--workdir={tmp_path}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  results = json.load(open(tmp_path / "results.json"))
+  assert set(results) == {"left", "right"}
+  assert "student" in r.stdout and "baseline" in r.stdout
+  for task in results.values():
+    assert task["teacher"]["accuracy"] > 0.5
