@@ -1,6 +1,5 @@
 """IDX parser, dataset builders, npz loader, label budget, Grain streams."""
 
-import gzip
 
 import ml_collections
 import numpy as np

@@ -1,6 +1,7 @@
 """Train step purity, sharding invariance, and exact resume of `fit`."""
 
 import os
+
 import jax
 import ml_collections
 import numpy as np
