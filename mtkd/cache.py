@@ -170,11 +170,14 @@ class TeacherJoin:
   """Joins each batch to its teachers' logits: `{task: cache}` by id."""
 
   def __init__(self, caches: Mapping[str, LogitCache]):
-    self.caches = dict(caches)
+    groups: dict[int, tuple[LogitCache, list[str]]] = {}
+    for task, c in caches.items():
+      groups.setdefault(id(c), (c, []))[1].append(task)
+    self._groups = list(groups.values())  # One lookup per cache per batch.
 
   def __call__(self, ids: np.ndarray) -> dict[str, np.ndarray]:
     out = {}
-    for cache in {id(c): c for c in self.caches.values()}.values():
-      got = cache.lookup(ids)
-      out.update({t: got[t] for t in got if self.caches.get(t) is cache})
+    for c, tasks in self._groups:
+      got = c.lookup(ids)
+      out.update({t: got[t] for t in tasks})
     return out

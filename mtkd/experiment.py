@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from mtkd import cache, configs_util, evaluate, models, sharding, train
+from mtkd import cache, configs_util, evaluate, models, runinfo, sharding, train
 from mtkd.data import datasets, pipeline
 from mtkd.errors import UserError
 from mtkd.loop import Stage, fit
@@ -110,7 +110,6 @@ def run(config, workdir: str) -> dict:
   specs = check_config(config, ds, mesh)
   by_name = {s.name: s for s in specs}
   _check_workdir(workdir)
-  from mtkd import runinfo
   runinfo.write(workdir, config)
   timings = {}
   fp_train = ds.train.fingerprint()
