@@ -7,9 +7,10 @@ Layout of one cache (one teacher, one split)::
     <dir>/logits_<task>.npy  [N, C] raw logits (before any temperature)
 
 Why `.npy` read through a memory map: a training batch gathers 128 random
-rows, and a memory-mapped `.npy` serves that as one vectorised fancy-index
-with no decode step and no load-everything-first cost (npz) or per-record
-overhead (ArrayRecord); see experiments/bench_cache_formats.py for numbers.
+rows; a memory map serves that as one vectorised fancy-index (26 us per batch
+at 10 classes, within 5% of in-RAM arrays at 1000 classes) without loading
+the whole array first (npz) and without per-record overhead (ArrayRecord,
+20-80x slower); see experiments/README.md for the measurements.
 
 Invariants: a cache directory appears only complete (written under a
 temporary name, fsynced, then renamed); opening checks every metadata field
