@@ -11,7 +11,6 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from mtkd import sharding
 from mtkd.errors import UserError
 
 
@@ -36,11 +35,11 @@ class Checkpointer:
     return self._manager.restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore())).meta
 
-  def restore(self, step: int, like: Any, mesh) -> tuple[Any, dict]:
-    """Restores onto the shapes, dtypes and (replicated) shardings of `like`."""
-    rep = sharding.replicated(mesh)
+  def restore(self, step: int, like: Any) -> tuple[Any, dict]:
+    """Restores onto the shapes, dtypes and shardings of the arrays `like`."""
     abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), like)
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        like)
     try:
       out = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract),

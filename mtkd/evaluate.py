@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from mtkd import sharding, train
 from mtkd.data import pipeline
@@ -18,16 +19,24 @@ from mtkd.data.datasets import Split
 
 def predict(model: nn.Module, params, split: Split, batch_size: int,
             mesh) -> dict[str, np.ndarray]:
-  """`{task: [N, C] float32 logits}` for every example of `split`, in order."""
-  fn = train.make_predict(model, mesh)
+  """`{task: [N, C] float32 logits}` for every example of `split`, in order.
+
+  Every process gets the full result (gathered across processes)."""
+  fn = train.make_predict(model)
   out: dict[str, list[np.ndarray]] = {}
-  bsharding = sharding.batch_sharding(mesh)
-  for batch in pipeline.iterate(pipeline.eval_stream(split, batch_size)):
-    inputs = jax.make_array_from_process_local_data(bsharding, batch["inputs"])
-    n = int(batch["mask"].sum())
-    for task, logits in fn(params, inputs).items():
-      out.setdefault(task, []).append(np.asarray(logits, np.float32)[:n])
+  for i, batch in enumerate(pipeline.iterate(
+      pipeline.eval_stream(split, batch_size))):
+    valid = min(batch_size, len(split) - i * batch_size)
+    for task, logits in fn(params, sharding.put_batch(
+        {"inputs": batch["inputs"]}, mesh)["inputs"]).items():
+      out.setdefault(task, []).append(_to_host(logits)[:valid])
   return {t: np.concatenate(v) for t, v in out.items()}
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  if jax.process_count() > 1:
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(x, np.float32)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

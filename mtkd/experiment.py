@@ -20,7 +20,17 @@ import time
 import jax
 import numpy as np
 
-from mtkd import cache, configs_util, evaluate, models, runinfo, sharding, train
+from mtkd import (
+    cache,
+    configs_util,
+    distributed,
+    evaluate,
+    models,
+    parallel,
+    runinfo,
+    sharding,
+    train,
+)
 from mtkd.data import datasets, pipeline
 from mtkd.errors import UserError
 from mtkd.loop import Stage, fit
@@ -83,6 +93,8 @@ def check_config(config, ds: datasets.Dataset, mesh) -> tuple[TaskSpec, ...]:
     sharding.check_batch_size(c.batch_size, mesh, f"config.{part}.batch_size")
     if c.steps <= 0:
       raise UserError(f"config.{part}.steps is {c.steps}; it must be > 0.")
+  sharding.check_batch_size(config.eval_batch_size, mesh,
+                            "config.eval_batch_size")
   n = config.data.num_labeled
   if n == 0 or n < -1:
     raise UserError(f"config.data.num_labeled is {n}; use a positive count, "
@@ -97,8 +109,9 @@ def _predict_or_load_cache(directory, model, params, split, batch_size, mesh,
                            expected, dtype) -> cache.LogitCache:
   if cache.read_metadata(directory) is None:
     logits = evaluate.predict(model, params, split, batch_size, mesh)
-    if jax.process_index() == 0:
+    if jax.process_index() == 0:  # Every process holds all logits.
       cache.write(directory, split.ids, logits, expected, dtype=dtype)
+    distributed.barrier(f"cache written: {directory}")
   return cache.LogitCache(directory, expected)
 
 
@@ -106,6 +119,7 @@ def run(config, workdir: str) -> dict:
   """Runs (or resumes) the whole pipeline; returns and writes results.json."""
   t_start = time.perf_counter()
   mesh = sharding.make_mesh(config.mesh)
+  strategy = parallel.make(config.parallel, mesh)
   ds = datasets.build(config.data)
   specs = check_config(config, ds, mesh)
   by_name = {s.name: s for s in specs}
@@ -117,7 +131,9 @@ def run(config, workdir: str) -> dict:
             "seed": config.seed}
   print(f"Data: {config.data.name}, {len(ds.train)} train / {len(ds.test)} "
         f"test examples, input {ds.input_shape}, tasks "
-        f"{dict(ds.num_classes)}; {jax.device_count()} device(s).", flush=True)
+        f"{dict(ds.num_classes)}; {jax.device_count()} device(s) in "
+        f"{jax.process_count()} process(es), mesh {dict(mesh.shape)}, "
+        f"{config.parallel.strategy}.", flush=True)
 
   # 1-2. Teachers and their logit caches.
   teacher_root = config.teacher.get("workdir") or workdir
@@ -143,7 +159,7 @@ def run(config, workdir: str) -> dict:
         config=dict(common, teacher=configs_util.to_dict(config.teacher),
                     tasks=list(ttasks)),
         log_every=config.log_every, checkpoint_every=config.checkpoint_every)
-    state = fit(stage, mesh)
+    state = fit(stage, strategy)
     fp = params_fingerprint(state.params)
     for split_name, split in (("train", ds.train), ("test", ds.test)):
       expected = {"teacher": name, "teacher_fingerprint": fp,
@@ -194,7 +210,7 @@ def run(config, workdir: str) -> dict:
         num_steps=config.student.steps, batch_size=config.student.batch_size,
         seed=config.seed, input_shape=ds.input_shape, config=stage_config,
         log_every=config.log_every, checkpoint_every=config.checkpoint_every)
-    state = fit(stage, mesh)
+    state = fit(stage, strategy)
     predictions[run_name] = evaluate.predict(model, state.params, ds.test,
                                              config.eval_batch_size, mesh)
     timings[run_name] = time.perf_counter() - t0

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtkd import checkpoint, configs_util, sharding, train
+from mtkd import checkpoint, configs_util, parallel, sharding, train
 from mtkd.data import pipeline
 from mtkd.errors import UserError
 from mtkd.metric_writers import MetricWriter, Progress
@@ -51,19 +51,21 @@ def check_config(stage: Stage, saved: dict, where: str) -> None:
         "results. Fix: use a fresh --workdir, or restore the original config.")
 
 
-def fit(stage: Stage, mesh) -> train.TrainState:
-  """Trains (or resumes, or just restores) a stage; returns the final state."""
-  sharding.check_batch_size(stage.batch_size, mesh, f"{stage.name} batch_size")
+def fit(stage: Stage, strategy: parallel.Jit) -> train.TrainState:
+  """Trains (or resumes, or just restores) a stage; returns the final state
+  as global arrays in the strategy's canonical layout."""
+  sharding.check_batch_size(stage.batch_size, strategy.mesh,
+                            f"{stage.name} batch_size")
   init_rng, step_rng = jax.random.split(jax.random.key(stage.seed))
-  state = train.init_state(stage.model, stage.tx, stage.input_shape, init_rng,
-                           mesh)
+  state = strategy.init(
+      train.make_init(stage.model, stage.tx, stage.input_shape), init_rng)
   ckpt = checkpoint.Checkpointer(os.path.join(stage.directory, "checkpoints"))
   meta = {"stage": stage.name, "config": stage.config}
   start = ckpt.latest_step() or 0
   if start:
     check_config(stage, ckpt.meta(start).get("config", {}),
                  f"Checkpoint {ckpt.directory}/{start}")
-    state, _ = ckpt.restore(start, state, mesh)
+    state, _ = ckpt.restore(start, state)
   if start >= stage.num_steps:
     ckpt.close()
     return state
@@ -71,14 +73,15 @@ def fit(stage: Stage, mesh) -> train.TrainState:
     print(f"{stage.name}: resuming at step {start}/{stage.num_steps}.",
           flush=True)
 
-  step_fn = train.compile_train_step(
-      train.make_train_step(stage.model, stage.tx, stage.objective,
-                            stage.tasks), mesh)
+  step_fn = strategy.compile(
+      lambda axis_name: train.make_train_step(
+          stage.model, stage.tx, stage.objective, stage.tasks, axis_name),
+      state)
   writer = MetricWriter(os.path.join(stage.directory, "logs"))
   progress = Progress(stage.name, stage.num_steps, start, stage.batch_size)
   try:
-    state = _train(stage, mesh, step_fn, state, step_rng, start, ckpt, meta,
-                   writer, progress)
+    state = _train(stage, strategy, step_fn, state, step_rng, start, ckpt,
+                   meta, writer, progress)
   finally:  # Let in-flight async saves finish, even when training failed.
     ckpt.close()
     writer.close()
@@ -87,17 +90,18 @@ def fit(stage: Stage, mesh) -> train.TrainState:
   return state
 
 
-def _train(stage, mesh, step_fn, state, step_rng, start, ckpt, meta, writer,
-           progress):
+def _train(stage, strategy, step_fn, state, step_rng, start, ckpt, meta,
+           writer, progress):
   """Steps from `start` to the end, logging and checkpointing on cadence."""
   sums, last_logged = None, start
   step = start
+  state = strategy.to_device(state)
   for batch in pipeline.iterate(stage.stream, start, stage.num_steps):
-    state, metrics = step_fn(state, sharding.put_batch(batch, mesh), step_rng)
+    state, metrics = step_fn(state, strategy.put_batch(batch), step_rng)
     sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
     step += 1
     if step % stage.log_every == 0 or step == stage.num_steps:
-      means = train.metric_means(jax.device_get(sums))
+      means = train.metric_means(strategy.metrics_to_host(sums))
       if not math.isfinite(means["loss"]):
         raise UserError(
             f"{stage.name}: the loss became non-finite between steps "
@@ -108,6 +112,7 @@ def _train(stage, mesh, step_fn, state, step_rng, start, ckpt, meta, writer,
       progress.update(step, f"loss {means['loss']:.4f}")
       sums, last_logged = None, step
     if step % stage.checkpoint_every == 0 and step < stage.num_steps:
-      ckpt.save(step, state, meta)
+      ckpt.save(step, strategy.from_device(state), meta)
+  state = strategy.from_device(state)
   ckpt.save(step, state, meta, force=True)
   return state

@@ -23,8 +23,9 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  from mtkd import experiment  # Imports jax; after flag parsing.
+  from mtkd import distributed, experiment  # Import jax after flag parsing.
   try:
+    distributed.initialize(_CONFIG.value.parallel)
     experiment.run(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
     print(f"\nmtkd: error: {e}", file=sys.stderr)

@@ -1,12 +1,17 @@
-"""Training objectives: per-task losses reduced to one scalar plus metrics.
+"""Training objectives: per-task loss sums and counts, plus metrics.
 
-An objective maps `(logits, batch, tasks)` to `(loss, metrics)`. `logits` is
+An objective maps `(logits, batch, tasks)` to `(terms, metrics)`. `logits` is
 `{task: [B, C]}`, `batch` carries `labels` (`-1` = no label), `mask` (0 for
-padding) and, for distillation, `teacher` logits. Metrics are `(sum, count)`
-pairs so that averages stay exact when summed over steps, devices and hosts.
+padding) and, for distillation, `teacher` logits. `terms[task]` is the pair
+`(sum of per-example losses, number of examples it is defined on)`; metrics
+are `(sum, count)` pairs too, so averages stay exact when summed over steps,
+devices and hosts.
 
-Reduction: each task's loss is the mean over the examples it is defined on,
-then tasks are combined with their weights.
+`combine` turns terms into the scalar loss: each task's mean over the
+examples it is defined on *in the global batch*, weighted by the task's
+weight. Under `pmap` the counts are summed over devices first, so each
+device's loss is its exact share of the global loss and summing gradients
+over devices gives the gradient of the global-batch loss, as under `jit`.
 """
 
 import dataclasses
@@ -14,12 +19,14 @@ from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from mtkd import losses
 from mtkd.registry import Registry
 
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
-Objective = Callable[..., tuple[jax.Array, Metrics]]
+Terms = dict[str, tuple[jax.Array, jax.Array]]
+Objective = Callable[..., tuple[Terms, Metrics]]
 OBJECTIVES: Registry = Registry("objective")
 
 
@@ -33,8 +40,16 @@ class TaskSpec:
   alpha: float = 0.5
 
 
-def _mean(values: jax.Array, weights: jax.Array) -> jax.Array:
-  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+def combine(terms: Terms, tasks: tuple["TaskSpec", ...],
+            axis_name: str | None = None) -> jax.Array:
+  """Sum over tasks of weight * (loss sum / global count)."""
+  total = jnp.zeros((), jnp.float32)
+  for task in tasks:
+    loss_sum, count = terms[task.name]
+    if axis_name is not None:
+      count = lax.psum(count, axis_name)
+    total += task.weight * loss_sum / jnp.maximum(count, 1.0)
+  return total
 
 
 def _accuracy(logits, labels, labelled) -> tuple[jax.Array, jax.Array]:
@@ -44,29 +59,29 @@ def _accuracy(logits, labels, labelled) -> tuple[jax.Array, jax.Array]:
 
 @OBJECTIVES.register("supervised")
 def supervised(logits: Mapping[str, jax.Array], batch,
-               tasks: tuple[TaskSpec, ...]) -> tuple[jax.Array, Metrics]:
-  """Weighted sum over tasks of the CE mean over labelled examples."""
-  total, metrics = 0.0, {}
+               tasks: tuple[TaskSpec, ...]) -> tuple[Terms, Metrics]:
+  """Per task: CE over the labelled examples."""
+  terms, metrics = {}, {}
   for task in tasks:
     labels = batch["labels"][task.name]
     labelled = batch["mask"] * (labels >= 0)
     ce = losses.cross_entropy(logits[task.name], labels)
-    total += task.weight * _mean(ce, labelled)
-    metrics[f"{task.name}/loss"] = (jnp.sum(ce * labelled), jnp.sum(labelled))
+    terms[task.name] = (jnp.sum(ce * labelled), jnp.sum(labelled))
+    metrics[f"{task.name}/loss"] = terms[task.name]
     metrics[f"{task.name}/accuracy"] = _accuracy(logits[task.name], labels,
                                                  labelled)
-  return total, metrics
+  return terms, metrics
 
 
 @OBJECTIVES.register("distill")
 def distill(logits: Mapping[str, jax.Array], batch,
-            tasks: tuple[TaskSpec, ...]) -> tuple[jax.Array, Metrics]:
+            tasks: tuple[TaskSpec, ...]) -> tuple[Terms, Metrics]:
   """Per example: alpha*T^2*KL + (1-alpha)*CE if labelled, else T^2*KL.
 
   Unlabelled examples (the transfer set) learn from the teacher alone. Each
-  task's loss is the mean over all real (mask=1) examples in the batch.
+  task's term covers all real (mask=1) examples in the batch.
   """
-  total, metrics = 0.0, {}
+  terms, metrics = {}, {}
   mask = batch["mask"]
   for task in tasks:
     labels = batch["labels"][task.name]
@@ -76,10 +91,10 @@ def distill(logits: Mapping[str, jax.Array], batch,
     ce = losses.cross_entropy(logits[task.name], labels)
     alpha = jnp.where(labels >= 0, task.alpha, 1.0)
     per_example = alpha * kd + (1.0 - alpha) * ce
-    total += task.weight * _mean(per_example, mask)
-    metrics[f"{task.name}/loss"] = (jnp.sum(per_example * mask), jnp.sum(mask))
+    terms[task.name] = (jnp.sum(per_example * mask), jnp.sum(mask))
+    metrics[f"{task.name}/loss"] = terms[task.name]
     metrics[f"{task.name}/kd"] = (jnp.sum(kd * mask), jnp.sum(mask))
     metrics[f"{task.name}/ce"] = (jnp.sum(ce * labelled), jnp.sum(labelled))
     metrics[f"{task.name}/accuracy"] = _accuracy(logits[task.name], labels,
                                                  labelled)
-  return total, metrics
+  return terms, metrics

@@ -1,8 +1,12 @@
-"""Device mesh from config, and placing host batches on it.
+"""Device mesh from config, parameter-sharding rules, and batch placement.
 
 The mesh has explicit `Auto` axis types (`jax.make_mesh` would default to
-`Explicit`, which changes sharding semantics). Batches are sharded along
-their leading dimension over the `data` axis; state is replicated.
+`Explicit`, which changes sharding semantics). Batches are split along their
+leading dimension over every batch axis (`data`, and `fsdp` when present:
+FSDP is data parallelism whose parameters are also split). Parameters and
+optimizer state are replicated, except that with an `fsdp` axis each array
+of at least `fsdp_min_size` elements is split along its largest dimension
+that the `fsdp` axis size divides.
 """
 
 from collections.abc import Sequence
@@ -14,7 +18,8 @@ from jax.sharding import PartitionSpec as P
 
 from mtkd.errors import UserError
 
-DATA = "data"
+DATA, FSDP = "data", "fsdp"
+BATCH_AXES = (DATA, FSDP)
 
 
 def make_mesh(axes: Sequence[Sequence] = ((DATA, -1),),
@@ -39,8 +44,12 @@ def make_mesh(axes: Sequence[Sequence] = ((DATA, -1),),
               axis_types=(AxisType.Auto,) * len(names))
 
 
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+  return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+
+
 def data_shards(mesh: Mesh) -> int:
-  return mesh.shape[DATA]
+  return int(np.prod([mesh.shape[a] for a in batch_axes(mesh)]))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str) -> None:
@@ -56,12 +65,41 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA))
+  return NamedSharding(mesh, P(batch_axes(mesh)))
+
+
+def param_spec(shape: tuple[int, ...], mesh: Mesh, min_size: int) -> P:
+  """FSDP rule: split the largest dimension the `fsdp` axis divides."""
+  if FSDP not in mesh.axis_names or int(np.prod(shape)) < min_size:
+    return P()
+  n = mesh.shape[FSDP]
+  dims = [d for d in range(len(shape)) if shape[d] % n == 0]
+  if not dims:
+    return P()
+  best = max(dims, key=lambda d: shape[d])
+  return P(*[FSDP if d == best else None for d in range(len(shape))])
+
+
+def state_shardings(abstract_state, mesh: Mesh, min_size: int):
+  """NamedShardings for every leaf of a (train) state by `param_spec`."""
+  return jax.tree.map(
+      lambda x: NamedSharding(mesh, param_spec(x.shape, mesh, min_size)),
+      abstract_state)
+
+
+def process_rows(n: int) -> slice:
+  """This process's contiguous share of a global batch of `n` rows."""
+  count, index = jax.process_count(), jax.process_index()
+  if n % count:
+    raise UserError(f"A batch of {n} rows cannot be split evenly over "
+                    f"{count} processes; use a multiple of {count}.")
+  per = n // count
+  return slice(index * per, (index + 1) * per)
 
 
 def put_batch(batch, mesh: Mesh):
-  """Host numpy batch -> global arrays sharded over `data` (host-only keys
-  such as `ids` are dropped)."""
+  """This process's rows of a batch -> global arrays sharded over the batch
+  axes (host-only keys such as `ids` are dropped)."""
   sharding = batch_sharding(mesh)
   device_batch = {k: v for k, v in batch.items() if k != "ids"}
   return jax.tree.map(

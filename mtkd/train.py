@@ -2,8 +2,9 @@
 
 `train_step(state, batch, rng) -> (state, metrics)` has no side effects; its
 randomness is `fold_in(rng, state.step)`, so a step is a function of its
-inputs alone and resuming at step s replays the same randomness. `compile`
-is the one place where jit, shardings and buffer donation are declared.
+inputs alone and resuming at step s replays the same randomness.
+`mtkd.parallel` is the one place where jit/pmap, shardings and buffer
+donation are declared.
 """
 
 from collections.abc import Callable, Mapping
@@ -13,10 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
-from jax.sharding import Mesh
+from jax import lax
 
-from mtkd import sharding
-from mtkd.objectives import Objective, TaskSpec
+from mtkd.objectives import Objective, TaskSpec, combine
 from mtkd.registry import Registry
 
 OPTIMIZERS: Registry = Registry("optimizer")
@@ -37,32 +37,42 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
   return OPTIMIZERS.get(cfg.name)(**kwargs)
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation,
-               input_shape: tuple[int, ...], rng: jax.Array,
-               mesh: Mesh) -> TrainState:
-  """Initialises parameters directly replicated on the mesh."""
-  def init(rng):
+def make_init(model: nn.Module, tx: optax.GradientTransformation,
+              input_shape: tuple[int, ...]) -> Callable:
+  """`rng -> TrainState` at step 0 (jitted by the parallel strategy)."""
+  def init(rng: jax.Array) -> TrainState:
     params = model.init(rng, jnp.zeros((1, *input_shape)), train=False)
     return TrainState(jnp.zeros((), jnp.int32), params["params"],
                       tx.init(params["params"]))
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng)
+  return init
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    objective: Objective, tasks: tuple[TaskSpec, ...]
-                    ) -> Callable:
-  """Builds the pure step for `objective` over `tasks`."""
+                    objective: Objective, tasks: tuple[TaskSpec, ...],
+                    axis_name: str | None = None) -> Callable:
+  """Builds the pure step for `objective` over `tasks`.
+
+  With `axis_name` (pmap), the batch is one device's share: counts,
+  gradients and metrics are summed over the axis, which makes the update
+  equal to the one `jit` computes on the whole batch. Dropout keys are then
+  folded with the device index, so dropout masks differ from jit's.
+  """
 
   def train_step(state: TrainState, batch, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
+    if axis_name is not None:
+      rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
 
     def loss_fn(params):
       logits = model.apply({"params": params}, batch["inputs"], train=True,
                            rngs={"dropout": rng})
-      return objective(logits, batch, tasks)
+      terms, metrics = objective(logits, batch, tasks)
+      return combine(terms, tasks, axis_name), metrics
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
+    if axis_name is not None:
+      grads, loss, metrics = lax.psum((grads, loss, metrics), axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     one = jnp.ones((), jnp.float32)
@@ -73,20 +83,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   return train_step
 
 
-def compile_train_step(train_step: Callable, mesh: Mesh) -> Callable:
-  """jit with replicated state, batch sharded over `data`, state donated."""
-  rep = sharding.replicated(mesh)
-  return jax.jit(train_step,
-                 in_shardings=(rep, sharding.batch_sharding(mesh), rep),
-                 out_shardings=(rep, rep), donate_argnums=(0,))
-
-
-def make_predict(model: nn.Module, mesh: Mesh) -> Callable:
-  """jitted `(params, inputs) -> {task: logits}` with the batch sharded."""
+def make_predict(model: nn.Module) -> Callable:
+  """jitted `(params, inputs) -> {task: logits}`; layouts follow the args."""
   def predict(params, inputs):
     return model.apply({"params": params}, inputs, train=False)
-  return jax.jit(predict, in_shardings=(sharding.replicated(mesh),
-                                        sharding.batch_sharding(mesh)))
+  return jax.jit(predict)
 
 
 def metric_means(sums: Mapping[str, tuple]) -> dict[str, float]:

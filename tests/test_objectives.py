@@ -25,7 +25,8 @@ TASKS = (objectives.TaskSpec("a", 3, weight=1.0, temperature=2.0, alpha=0.3),
 
 def test_distill_matches_formula():
   logits, batch = _batch(np.random.default_rng(0))
-  loss, metrics = objectives.distill(logits, batch, TASKS)
+  terms, metrics = objectives.distill(logits, batch, TASKS)
+  loss = objectives.combine(terms, TASKS)
   want = 0.0
   for spec in TASKS:
     s, t = logits[spec.name], batch["teacher"][spec.name]
@@ -45,7 +46,8 @@ def test_distill_matches_formula():
 
 def test_supervised_averages_over_labelled_real_examples():
   logits, batch = _batch(np.random.default_rng(1))
-  loss, metrics = objectives.supervised(logits, batch, TASKS)
+  terms, metrics = objectives.supervised(logits, batch, TASKS)
+  loss = objectives.combine(terms, TASKS)
   want = 0.0
   for spec in TASKS:
     s, y = logits[spec.name], batch["labels"][spec.name]
@@ -64,6 +66,6 @@ def test_alpha_zero_distill_equals_supervised_on_fully_labelled_batch():
   batch["mask"] = np.ones(6, np.float32)
   tasks = tuple(objectives.TaskSpec(s.name, s.num_classes, s.weight,
                                     s.temperature, alpha=0.0) for s in TASKS)
-  a, _ = objectives.distill(logits, batch, tasks)
-  b, _ = objectives.supervised(logits, batch, tasks)
+  a = objectives.combine(objectives.distill(logits, batch, tasks)[0], tasks)
+  b = objectives.combine(objectives.supervised(logits, batch, tasks)[0], tasks)
   np.testing.assert_allclose(a, b, rtol=1e-6)

@@ -8,7 +8,10 @@ position needs no state of its own, and runs are reproducible.
 
 The gather step turns a batch of row indices into arrays with one vectorised
 fancy-index per array (not one Python call per example) and joins the
-teacher's cached logits by example id.
+teacher's cached logits by example id. Batches are global: in a multi-process
+run every process computes the same row indices and gathers only its own
+contiguous share (`sharding.process_rows`), so no process reads another's
+examples.
 """
 
 from collections.abc import Callable, Iterator, Mapping
@@ -16,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 import grain
 import numpy as np
 
+from mtkd import sharding
 from mtkd.data.datasets import Split, to_float
 
 Batch = dict[str, object]
@@ -24,24 +28,20 @@ JoinFn = Callable[[np.ndarray], Mapping[str, np.ndarray]]
 
 
 class Gather:
-  """Row indices -> batch dict; pads to `pad_to` rows with mask 0."""
+  """Row indices (and a padding mask) -> batch dict."""
 
   def __init__(self, split: Split, labels: Mapping[str, np.ndarray],
-               join: JoinFn | None = None, pad_to: int = 0):
-    self.split, self.labels, self.join, self.pad_to = split, labels, join, pad_to
+               join: JoinFn | None = None):
+    self.split, self.labels, self.join = split, labels, join
 
-  def __call__(self, rows: np.ndarray) -> Batch:
+  def __call__(self, rows: np.ndarray, mask: np.ndarray | None = None
+               ) -> Batch:
     rows = np.asarray(rows, np.int64)
-    n = len(rows)
-    mask = np.ones(max(n, self.pad_to), np.float32)
-    if self.pad_to > n:
-      mask[n:] = 0.0
-      rows = np.concatenate([rows, np.full(self.pad_to - n, rows[0])])
     ids = self.split.ids[rows]
     batch = {
         "inputs": to_float(self.split.x[rows]),
         "labels": {t: y[rows] for t, y in self.labels.items()},
-        "mask": mask,
+        "mask": (np.ones(len(rows), np.float32) if mask is None else mask),
         "ids": ids,
     }
     if self.join is not None:
@@ -49,25 +49,46 @@ class Gather:
     return batch
 
 
+def _this_process(rows: np.ndarray) -> np.ndarray:
+  return rows[sharding.process_rows(len(rows))]
+
+
+class _PadThenSlice:
+  """Pads a short (last) batch to `size` rows, mask 0 on the padding, and
+  keeps this process's share of rows and mask."""
+
+  def __init__(self, size: int):
+    self.size = size
+
+  def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mask = np.zeros(self.size, np.float32)
+    mask[:len(rows)] = 1.0
+    rows = np.concatenate([rows, np.full(self.size - len(rows), rows[0])])
+    share = sharding.process_rows(self.size)
+    return rows[share], mask[share]
+
+
 def train_stream(split: Split, labels: Mapping[str, np.ndarray],
                  batch_size: int, seed: int, rows: np.ndarray | None = None,
                  join: JoinFn | None = None) -> grain.MapDataset:
   """An infinite, seeded, per-epoch reshuffled stream of full batches.
 
-  `rows` restricts sampling to a subset of the split (e.g. labelled
-  examples); `labels` are the labels the model may see (-1 = none).
+  `batch_size` is global; each process gets its share. `rows` restricts
+  sampling to a subset of the split (e.g. labelled examples); `labels` are
+  the labels the model may see (-1 = none).
   """
   rows = np.arange(len(split)) if rows is None else np.asarray(rows, np.int64)
   return (grain.MapDataset.source(rows).shuffle(seed=seed).repeat()
-          .batch(batch_size, drop_remainder=True)
+          .batch(batch_size, drop_remainder=True).map(_this_process)
           .map(Gather(split, labels, join)))
 
 
 def eval_stream(split: Split, batch_size: int,
                 join: JoinFn | None = None) -> grain.MapDataset:
   """Every example exactly once, in order; the last batch padded, mask 0."""
+  gather = Gather(split, split.labels, join)
   return (grain.MapDataset.range(len(split)).batch(batch_size)
-          .map(Gather(split, split.labels, join, pad_to=batch_size)))
+          .map(_PadThenSlice(batch_size)).map(lambda rm: gather(*rm)))
 
 
 def iterate(ds: grain.MapDataset, start: int = 0, stop: int | None = None,

@@ -1,0 +1,109 @@
+"""How a train step runs on devices: `jit` over a mesh, or `pmap`.
+
+Both strategies compile the *same* step body from `train.make_train_step`;
+`pmap` passes an axis name so the body sums counts, gradients and metrics
+over devices (see `objectives.combine`). The loop keeps the canonical state
+as global arrays placed by `state_shardings` (what checkpoints and
+evaluation use); a strategy converts to and from its own layout with
+`to_device` / `from_device`.
+"""
+
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from mtkd import sharding
+from mtkd.errors import UserError
+from mtkd.registry import Registry
+
+STRATEGIES: Registry = Registry("parallel strategy")
+StepFactory = Callable[[str | None], Callable]  # axis_name -> step body.
+
+
+class Jit:
+  """One program over the mesh: global arrays, NamedShardings, donation."""
+
+  def __init__(self, mesh: Mesh, fsdp_min_size: int = 2**14):
+    self.mesh, self.fsdp_min_size = mesh, fsdp_min_size
+
+  def state_shardings(self, abstract_state):
+    return sharding.state_shardings(abstract_state, self.mesh,
+                                    self.fsdp_min_size)
+
+  def init(self, init_fn: Callable, rng: jax.Array):
+    """Creates the state directly in its sharded layout."""
+    shardings = self.state_shardings(jax.eval_shape(init_fn, rng))
+    return jax.jit(init_fn, out_shardings=shardings)(rng)
+
+  def compile(self, make_step: StepFactory, state) -> Callable:
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    rep = sharding.replicated(self.mesh)
+    return jax.jit(make_step(None),
+                   in_shardings=(state_sh, sharding.batch_sharding(self.mesh),
+                                 rep),
+                   out_shardings=(state_sh, rep), donate_argnums=(0,))
+
+  def to_device(self, state):
+    return state
+
+  def from_device(self, state):
+    return state
+
+  def put_batch(self, batch):
+    return sharding.put_batch(batch, self.mesh)
+
+  def metrics_to_host(self, metrics):
+    return jax.device_get(metrics)
+
+
+class Pmap(Jit):
+  """`jax.pmap` over this process's devices: replicated state, per-device
+  batch slices, sums over the `data` axis inside the step."""
+
+  def __init__(self, mesh: Mesh, fsdp_min_size: int = 2**14):
+    if mesh.axis_names != (sharding.DATA,):
+      raise UserError(
+          f"parallel.strategy='pmap' supports only a ('data', n) mesh, got "
+          f"axes {mesh.axis_names}. Fix: use strategy 'jit' for fsdp.")
+    super().__init__(mesh, fsdp_min_size)
+    pid = jax.process_index()
+    self.devices = [d for d in mesh.devices.flat if d.process_index == pid]
+
+  def state_shardings(self, abstract_state):
+    rep = sharding.replicated(self.mesh)
+    return jax.tree.map(lambda _: rep, abstract_state)
+
+  def compile(self, make_step: StepFactory, state) -> Callable:
+    return jax.pmap(make_step(sharding.DATA), axis_name=sharding.DATA,
+                    in_axes=(0, 0, None), donate_argnums=(0,),
+                    devices=self.devices)
+
+  def to_device(self, state):
+    n = len(self.devices)  # pmap places a leading axis of n on its devices.
+    return jax.tree.map(
+        lambda x: np.broadcast_to(np.asarray(x), (n, *x.shape)), state)
+
+  def from_device(self, state):
+    rep = sharding.replicated(self.mesh)
+    return jax.tree.map(lambda x: jax.device_put(np.asarray(x[0]), rep),
+                        state)
+
+  def put_batch(self, batch):
+    n = len(self.devices)
+    return jax.tree.map(
+        lambda x: np.asarray(x).reshape(n, x.shape[0] // n, *x.shape[1:]),
+        {k: v for k, v in batch.items() if k != "ids"})
+
+  def metrics_to_host(self, metrics):
+    return jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(metrics))
+
+
+STRATEGIES.register("jit")(Jit)
+STRATEGIES.register("pmap")(Pmap)
+
+
+def make(cfg, mesh: Mesh) -> Jit:
+  """The strategy named by `config.parallel.strategy`."""
+  return STRATEGIES.get(cfg.strategy)(mesh, cfg.get("fsdp_min_size", 2**14))
