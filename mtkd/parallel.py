@@ -59,8 +59,8 @@ class Jit:
 
 
 class Pmap(Jit):
-  """`jax.pmap` over this process's devices: replicated state, per-device
-  batch slices, sums over the `data` axis inside the step."""
+  """`jax.pmap` over the mesh's devices: replicated state, per-device batch
+  slices, sums over the `data` axis inside the step."""
 
   def __init__(self, mesh: Mesh, fsdp_min_size: int = 2**14):
     if mesh.axis_names != (sharding.DATA,):
@@ -68,8 +68,11 @@ class Pmap(Jit):
           f"parallel.strategy='pmap' supports only a ('data', n) mesh, got "
           f"axes {mesh.axis_names}. Fix: use strategy 'jit' for fsdp.")
     super().__init__(mesh, fsdp_min_size)
-    pid = jax.process_index()
-    self.devices = [d for d in mesh.devices.flat if d.process_index == pid]
+    # pmap maps over all global devices (the same list on every process);
+    # each process feeds a leading axis of its local device count.
+    self.devices = list(mesh.devices.flat)
+    self.local = sum(d.process_index == jax.process_index()
+                     for d in self.devices)
 
   def state_shardings(self, abstract_state):
     rep = sharding.replicated(self.mesh)
@@ -81,7 +84,7 @@ class Pmap(Jit):
                     devices=self.devices)
 
   def to_device(self, state):
-    n = len(self.devices)  # pmap places a leading axis of n on its devices.
+    n = self.local
     return jax.tree.map(
         lambda x: np.broadcast_to(np.asarray(x), (n, *x.shape)), state)
 
@@ -91,7 +94,7 @@ class Pmap(Jit):
                         state)
 
   def put_batch(self, batch):
-    n = len(self.devices)
+    n = self.local
     return jax.tree.map(
         lambda x: np.asarray(x).reshape(n, x.shape[0] // n, *x.shape[1:]),
         {k: v for k, v in batch.items() if k != "ids"})

@@ -1,0 +1,75 @@
+"""A real multi-process run: 2 local processes x 2 CPU devices (gloo),
+coordinated by jax.distributed on 127.0.0.1, against one process with 4."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARGS = ["--config=configs/quickstart.py:smoke", "--config.data.name=digits",
+        "--config.teacher.steps=20", "--config.student.steps=20"]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int) -> dict:
+  return dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
+              JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+
+
+def _start(args, devices):
+  return subprocess.Popen([sys.executable, "-m", "mtkd.main", *ARGS, *args],
+                          cwd=ROOT, env=_env(devices), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(procs, timeout=400):
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=timeout)[0])
+  finally:
+    for p in procs:
+      p.kill()
+  for p, out in zip(procs, outs, strict=True):
+    assert p.returncode == 0, out[-3000:]
+  return outs
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  w = tmp_path_factory.mktemp("one_process")
+  _finish([_start([f"--workdir={w}"], devices=4)])
+  return json.load(open(w / "results.json"))
+
+
+@pytest.mark.parametrize("strategy", ["jit", "pmap"])
+def test_two_processes_match_one(tmp_path, reference, strategy):
+  port = _free_port()
+  procs = [_start([f"--workdir={tmp_path}",
+                   f"--config.parallel.strategy={strategy}",
+                   "--config.parallel.distributed=True",
+                   f"--config.parallel.coordinator_address=127.0.0.1:{port}",
+                   "--config.parallel.num_processes=2",
+                   f"--config.parallel.process_id={i}"], devices=2)
+           for i in range(2)]
+  outs = _finish(procs)
+  assert "4 device(s) in 2 process(es)" in outs[0]
+  got = json.load(open(tmp_path / "results.json"))
+  assert got.keys() == reference.keys()
+  for task in reference:
+    for model in reference[task]:
+      for k, v in reference[task][model].items():
+        np.testing.assert_allclose(got[task][model][k], v, rtol=1e-4,
+                                   atol=1e-5, err_msg=f"{task}/{model}/{k}")
+  # Process 0 alone reports and writes results.
+  assert "Wrote" in outs[0] and "Wrote" not in outs[1]
