@@ -68,7 +68,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # on transfer examples; per-task overrides go in `tasks`.
   c.distill = ml_collections.ConfigDict(dict(temperature=2.0, alpha=0.5))
   c.tasks = ml_collections.ConfigDict()  # {task: {weight, temperature, alpha}}
-  c.cache = ml_collections.ConfigDict(dict(dtype="float32"))
+  c.cache = ml_collections.ConfigDict(dict(
+      dtype="float32",     # Or 'float16' (half the bytes, slower reads).
+      shard_size=16384,    # Examples per shard (unit of resume and writes).
+  ))
 
   c.eval_batch_size = 1000
   c.log_every = 100
@@ -83,6 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.student.steps = 40
     c.student.batch_size = 64
     c.eval_batch_size = 256
+    c.cache.shard_size = 1024
     c.log_every = 20
     c.checkpoint_every = 20
   return c

@@ -105,13 +105,17 @@ def check_config(config, ds: datasets.Dataset, mesh) -> tuple[TaskSpec, ...]:
   return specs
 
 
-def _predict_or_load_cache(directory, model, params, split, batch_size, mesh,
-                           expected, dtype) -> cache.LogitCache:
+def _cache(directory, model, params, split, config, mesh, expected
+           ) -> cache.LogitCache:
+  """Opens the teacher's cache for `split`, building missing shards first."""
   if cache.read_metadata(directory) is None:
-    logits = evaluate.predict(model, params, split, batch_size, mesh)
-    if jax.process_index() == 0:  # Every process holds all logits.
-      cache.write(directory, split.ids, logits, expected, dtype=dtype)
-    distributed.barrier(f"cache written: {directory}")
+    def predict(start, stop):
+      part = split.take(slice(start, stop))
+      return part.ids, evaluate.predict(model, params, part,
+                                        config.eval_batch_size, mesh)
+    cache.build(directory, len(split), config.cache.shard_size, predict,
+                expected, config.cache.dtype, jax.process_index(),
+                jax.process_count(), distributed.barrier)
   return cache.LogitCache(directory, expected)
 
 
@@ -165,14 +169,12 @@ def run(config, workdir: str) -> dict:
       expected = {"teacher": name, "teacher_fingerprint": fp,
                   "split": split_name,
                   "dataset_fingerprint": split.fingerprint()}
-      c = _predict_or_load_cache(
-          os.path.join(teacher_root, "cache", name, split_name), model,
-          state.params, split, config.eval_batch_size, mesh, expected,
-          config.cache.dtype)
+      c = _cache(os.path.join(teacher_root, "cache", name, split_name), model,
+                 state.params, split, config, mesh, expected)
       caches[split_name].update({t: c for t in ttasks})
     for t in ttasks:
       teacher_results[t] = evaluate.classification(
-          np.asarray(caches["test"][t].logits[t]), ds.test.labels[t])
+          caches["test"][t].all_logits(t), ds.test.labels[t])
     timings[f"teacher/{name}"] = time.perf_counter() - t0
 
   # 3-4. Baseline (labels only) and distilled student: same init and budget.
@@ -218,8 +220,7 @@ def run(config, workdir: str) -> dict:
   # 5. Evaluation on the test split.
   results = {}
   for s in specs:
-    teacher_logits = np.asarray(caches["test"][s.name].logits[s.name],
-                                np.float32)
+    teacher_logits = caches["test"][s.name].all_logits(s.name)
     results[s.name] = {"teacher": teacher_results[s.name]}
     for run_name, logits in predictions.items():
       results[s.name][run_name] = dict(

@@ -37,8 +37,11 @@ def test_pipeline_end_to_end_on_digits(tmp_path):
     assert "agreement" in r["student"] and "kl" in r["student"]
   # The reported teacher accuracy is that of the cached test logits.
   test = datasets.build(_smoke(name="digits").data).test
-  logits = np.load(os.path.join(w, "cache", "digit", "test",
-                                "logits_digit.npy"))
+  meta = json.load(open(os.path.join(w, "cache", "digit", "test",
+                                     "metadata.json")))
+  logits = np.concatenate([np.load(os.path.join(
+      w, "cache", "digit", "test", s["name"], "logits_digit.npy"))
+                           for s in meta["shards"]])
   acc = np.mean(logits.argmax(-1) == test.labels["digit"])
   assert results["digit"]["teacher"]["accuracy"] == pytest.approx(acc)
   for name in ("config.json", "command.txt", "versions.json", "git.txt",
