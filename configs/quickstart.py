@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = parse_arg(arg, smoke=False)
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.mesh = [("data", -1)]  # Add ("fsdp", n) to shard large parameters.
+  c.mesh = (("data", -1),)  # Add ("fsdp", n) to shard large parameters.
   c.parallel = ml_collections.ConfigDict(dict(
       strategy="jit",          # 'jit' (NamedSharding) or 'pmap'.
       fsdp_min_size=2**14,     # Arrays this large are split over 'fsdp'.

@@ -22,9 +22,14 @@ def _smoke(**data):
   return c
 
 
-def test_pipeline_end_to_end_on_digits(tmp_path):
-  w = str(tmp_path / "w")
-  results = experiment.run(_smoke(name="digits"), w)
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+  w = str(tmp_path_factory.mktemp("digits") / "w")
+  return w, experiment.run(_smoke(name="digits"), w)
+
+
+def test_pipeline_end_to_end_on_digits(digits_run):
+  w, results = digits_run
   assert set(results) == {"digit", "parity"}
   with open(os.path.join(w, "results.json")) as f:
     assert json.load(f) == results
@@ -63,6 +68,22 @@ def test_pipeline_end_to_end_on_digits(tmp_path):
   c.student.optimizer.learning_rate = 0.5
   with pytest.raises(UserError, match="student.optimizer.learning_rate"):
     experiment.run(c, w)
+
+
+@pytest.mark.parametrize("layout", ["pmap", "fsdp"])
+def test_pmap_and_fsdp_pipelines_match_jit(tmp_path, digits_run, layout):
+  c = _smoke(name="digits")
+  if layout == "pmap":
+    c.parallel.strategy = "pmap"
+  else:
+    c.mesh = (("data", 2), ("fsdp", 4))
+    c.parallel.fsdp_min_size = 1024
+  got = experiment.run(c, str(tmp_path))
+  for task, models in digits_run[1].items():
+    for model, metrics in models.items():
+      for k, v in metrics.items():
+        np.testing.assert_allclose(got[task][model][k], v, rtol=1e-4,
+                                   atol=1e-5, err_msg=f"{task}/{model}/{k}")
 
 
 def test_multi_task_teacher_and_no_transfer_set(tmp_path):
