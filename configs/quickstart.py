@@ -73,6 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       shard_size=16384,    # Examples per shard (unit of resume and writes).
   ))
 
+  c.nonfinite = "stop"  # NaN/Inf loss or gradient: 'stop', or 'skip' update.
   c.eval_batch_size = 1000
   c.log_every = 100
   c.checkpoint_every = 500

@@ -12,7 +12,6 @@ student also reading the unlabelled transfer set through the teacher.
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -33,6 +32,7 @@ from mtkd import (
 )
 from mtkd.data import datasets, pipeline
 from mtkd.errors import UserError
+from mtkd.fingerprint import tree_fingerprint
 from mtkd.loop import Stage, fit
 from mtkd.objectives import OBJECTIVES, TaskSpec
 from mtkd.registry import Registry
@@ -41,17 +41,6 @@ from mtkd.registry import Registry
 TEACHER_LAYOUTS: Registry = Registry("teacher layout")
 TEACHER_LAYOUTS.register("multi")(lambda tasks: {"multi": tuple(tasks)})
 TEACHER_LAYOUTS.register("single")(lambda tasks: {t: (t,) for t in tasks})
-
-
-def params_fingerprint(params) -> str:
-  """Content hash of a parameter tree (names, shapes, dtypes, values)."""
-  h = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    arr = np.asarray(leaf)
-    h.update(f"{jax.tree_util.keystr(path)}:{arr.dtype.str}:{arr.shape};"
-             .encode())
-    h.update(arr.tobytes())
-  return h.hexdigest()[:32]
 
 
 def task_specs(config, ds: datasets.Dataset) -> tuple[TaskSpec, ...]:
@@ -95,6 +84,9 @@ def check_config(config, ds: datasets.Dataset, mesh) -> tuple[TaskSpec, ...]:
       raise UserError(f"config.{part}.steps is {c.steps}; it must be > 0.")
   sharding.check_batch_size(config.eval_batch_size, mesh,
                             "config.eval_batch_size")
+  if config.nonfinite not in ("stop", "skip"):
+    raise UserError(f"config.nonfinite is {config.nonfinite!r}; use 'stop' or "
+                    "'skip'.")
   n = config.data.num_labeled
   if n == 0 or n < -1:
     raise UserError(f"config.data.num_labeled is {n}; use a positive count, "
@@ -119,7 +111,7 @@ def _cache(directory, model, params, split, config, mesh, expected
   return cache.LogitCache(directory, expected)
 
 
-def run(config, workdir: str) -> dict:
+def run(config, workdir: str, allow_config_change: bool = False) -> dict:
   """Runs (or resumes) the whole pipeline; returns and writes results.json."""
   t_start = time.perf_counter()
   mesh = sharding.make_mesh(config.mesh)
@@ -130,6 +122,10 @@ def run(config, workdir: str) -> dict:
   _check_workdir(workdir)
   runinfo.write(workdir, config)
   timings = {}
+  loop_settings = dict(log_every=config.log_every,
+                       checkpoint_every=config.checkpoint_every,
+                       nonfinite=config.nonfinite,
+                       allow_config_change=allow_config_change)
   fp_train = ds.train.fingerprint()
   common = {"dataset": config.data.name, "dataset_fingerprint": fp_train,
             "seed": config.seed}
@@ -162,9 +158,9 @@ def run(config, workdir: str) -> dict:
         input_shape=ds.input_shape,
         config=dict(common, teacher=configs_util.to_dict(config.teacher),
                     tasks=list(ttasks)),
-        log_every=config.log_every, checkpoint_every=config.checkpoint_every)
+        **loop_settings)
     state = fit(stage, strategy)
-    fp = params_fingerprint(state.params)
+    fp = tree_fingerprint(state.params)
     for split_name, split in (("train", ds.train), ("test", ds.test)):
       expected = {"teacher": name, "teacher_fingerprint": fp,
                   "split": split_name,
@@ -211,7 +207,7 @@ def run(config, workdir: str) -> dict:
         objective=OBJECTIVES.get(objective), tasks=specs, stream=stream,
         num_steps=config.student.steps, batch_size=config.student.batch_size,
         seed=config.seed, input_shape=ds.input_shape, config=stage_config,
-        log_every=config.log_every, checkpoint_every=config.checkpoint_every)
+        **loop_settings)
     state = fit(stage, strategy)
     predictions[run_name] = evaluate.predict(model, state.params, ds.test,
                                              config.eval_batch_size, mesh)

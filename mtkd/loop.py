@@ -7,7 +7,6 @@ the data stream is indexed by step, so resuming needs no iterator state.
 """
 
 import dataclasses
-import math
 import os
 
 import flax.linen as nn
@@ -16,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtkd import checkpoint, configs_util, parallel, sharding, train
+from mtkd import checkpoint, configs_util, parallel, preemption, sharding, train
 from mtkd.data import pipeline
 from mtkd.errors import UserError
 from mtkd.metric_writers import MetricWriter, Progress
@@ -40,15 +39,22 @@ class Stage:
   config: dict  # Result-affecting settings; stored with checkpoints.
   log_every: int = 100
   checkpoint_every: int = 1000
+  nonfinite: str = "stop"  # 'stop' or 'skip' (the update) on NaN/Inf.
+  allow_config_change: bool = False
 
 
 def check_config(stage: Stage, saved: dict, where: str) -> None:
   keys = configs_util.diff(saved, stage.config)
-  if keys:
+  if keys and stage.allow_config_change:
+    print(f"mtkd: warning: {where} was written with other settings "
+          f"({', '.join(keys)}); continuing because --allow_config_change "
+          "was given.", flush=True)
+  elif keys:
     raise UserError(
         f"{where} was written by a different configuration of stage "
         f"{stage.name!r}; differing keys: {', '.join(keys)}. Refusing to mix "
-        "results. Fix: use a fresh --workdir, or restore the original config.")
+        "results. Fix: use a fresh --workdir, restore the original config, or "
+        "pass --allow_config_change to continue with the new settings.")
 
 
 def fit(stage: Stage, strategy: parallel.Jit) -> train.TrainState:
@@ -61,11 +67,18 @@ def fit(stage: Stage, strategy: parallel.Jit) -> train.TrainState:
       train.make_init(stage.model, stage.tx, stage.input_shape), init_rng)
   ckpt = checkpoint.Checkpointer(os.path.join(stage.directory, "checkpoints"))
   meta = {"stage": stage.name, "config": stage.config}
-  start = ckpt.latest_step() or 0
-  if start:
-    check_config(stage, ckpt.meta(start).get("config", {}),
-                 f"Checkpoint {ckpt.directory}/{start}")
-    state, _ = ckpt.restore(start, state)
+  latest = ckpt.latest_step()
+  if latest is not None:
+    try:
+      saved = ckpt.meta(latest).get("config", {})
+    except Exception:  # noqa: BLE001 - unreadable: restore_latest decides.
+      saved = None
+    if saved is not None:
+      check_config(stage, saved, f"Checkpoint {ckpt.directory}/{latest}")
+  restored = ckpt.restore_latest(state) if latest is not None else None
+  start = 0
+  if restored is not None:
+    start, state, _ = restored
   if start >= stage.num_steps:
     ckpt.close()
     return state
@@ -82,8 +95,19 @@ def fit(stage: Stage, strategy: parallel.Jit) -> train.TrainState:
   try:
     state = _train(stage, strategy, step_fn, state, step_rng, start, ckpt,
                    meta, writer, progress)
-  finally:  # Let in-flight async saves finish, even when training failed.
     ckpt.close()
+  except OSError as e:  # Disk full, quota, permissions: the user's to fix.
+    raise UserError(
+        f"{stage.name}: writing to {stage.directory} failed ({e.strerror or e})"
+        ". Checkpoints are written atomically, so the last complete one "
+        f"(step {ckpt.latest_step() or 'none'}) is intact. Fix: free disk "
+        "space or fix permissions, then re-run the same command to resume."
+    ) from None
+  finally:  # Let in-flight async saves finish, even when training failed.
+    try:
+      ckpt.close()
+    except OSError:
+      pass  # Already reported above.
     writer.close()
   progress.update(stage.num_steps, f"done in {progress.elapsed():.1f}s",
                   force=True)
@@ -101,18 +125,32 @@ def _train(stage, strategy, step_fn, state, step_rng, start, ckpt, meta,
     sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
     step += 1
     if step % stage.log_every == 0 or step == stage.num_steps:
-      means = train.metric_means(strategy.metrics_to_host(sums))
-      if not math.isfinite(means["loss"]):
+      host = strategy.metrics_to_host(sums)
+      bad = int(float(host["nonfinite"][0]))
+      if bad and stage.nonfinite == "stop":
         raise UserError(
-            f"{stage.name}: the loss became non-finite between steps "
-            f"{last_logged + 1} and {step}; the last good checkpoint is "
-            f"{ckpt.latest_step() or 'none'}. Fix: lower the learning rate or "
-            "check the inputs for extreme values.")
+            f"{stage.name}: {bad} step(s) between steps {last_logged + 1} and "
+            f"{step} had a non-finite loss or gradient; their updates were "
+            "not applied, and the last checkpoint "
+            f"({ckpt.latest_step() or 'none'}) holds finite parameters. Fix: "
+            "lower the learning rate, check the inputs for extreme values, or "
+            "set config.nonfinite='skip' to skip such updates and go on.")
+      means = train.metric_means(host)
       writer.write(step, {f"train/{k}": v for k, v in means.items()})
       progress.update(step, f"loss {means['loss']:.4f}")
       sums, last_logged = None, step
     if step % stage.checkpoint_every == 0 and step < stage.num_steps:
       ckpt.save(step, strategy.from_device(state), meta)
+    # One process polls its own flag every step; several agree at log steps.
+    multi = jax.process_count() > 1
+    if (step < stage.num_steps and (not multi or step % stage.log_every == 0)
+        and preemption.requested(sync=multi)):
+      state = strategy.from_device(state)
+      if ckpt.latest_step() != step:
+        ckpt.save(step, state, meta, force=True)
+      ckpt.wait()
+      raise preemption.Preempted(f"step {step}/{stage.num_steps} of stage "
+                                 f"{stage.name!r}", preemption.signal_name())
   state = strategy.from_device(state)
   ckpt.save(step, state, meta, force=True)
   return state

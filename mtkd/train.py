@@ -73,11 +73,18 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         state.params)
     if axis_name is not None:
       grads, loss, metrics = lax.psum((grads, loss, metrics), axis_name)
+    grad_norm = optax.tree.norm(grads)
+    # A non-finite loss or gradient leaves params and optimizer state as they
+    # were; the loop stops or goes on by config.nonfinite.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    params, opt_state = jax.tree.map(
+        lambda new, old: jnp.where(finite, new, old), (params, opt_state),
+        (state.params, state.opt_state))
     one = jnp.ones((), jnp.float32)
-    metrics = dict(metrics, loss=(loss, one),
-                   grad_norm=(optax.tree.norm(grads), one))
+    metrics = dict(metrics, loss=(loss, one), grad_norm=(grad_norm, one),
+                   nonfinite=(1.0 - finite.astype(jnp.float32), one))
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step

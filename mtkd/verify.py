@@ -1,0 +1,107 @@
+"""`--verify`: check every artifact in a workdir without training.
+
+Checks each checkpoint of each stage (it restores and its bytes hash to the
+fingerprint saved with it), each teacher cache (complete, every file's
+checksum, examples and ids against the configured dataset, teacher
+fingerprint against the teacher's final checkpoint) and results.json (one
+entry per task with teacher, baseline and student metrics).
+"""
+
+import glob
+import json
+import math
+import os
+
+from mtkd import cache, checkpoint
+from mtkd.data import datasets
+from mtkd.errors import UserError
+from mtkd.fingerprint import tree_fingerprint
+
+
+def _stage_dirs(workdir: str) -> list[str]:
+  return sorted(glob.glob(os.path.join(workdir, "teachers", "*"))) + [
+      os.path.join(workdir, s) for s in ("baseline", "student")]
+
+
+def _check_checkpoints(workdir: str, problems: list[str]) -> dict[str, str]:
+  """Checks every step; returns {teacher name: final params fingerprint}."""
+  teacher_fps = {}
+  for stage_dir in _stage_dirs(workdir):
+    directory = os.path.join(stage_dir, "checkpoints")
+    if not os.path.isdir(directory):
+      continue
+    ckpt = checkpoint.Checkpointer(directory)
+    for step in ckpt.all_steps():
+      err = ckpt.check(step)
+      if err:
+        problems.append(f"checkpoint {directory}/{step} is unusable: {err}. "
+                        "A resumed run falls back to the previous checkpoint.")
+    good = [s for s in ckpt.all_steps() if not ckpt.check(s)]
+    if good and os.path.basename(os.path.dirname(stage_dir)) == "teachers":
+      state, _ = ckpt.restore(good[-1], None)
+      teacher_fps[os.path.basename(stage_dir)] = tree_fingerprint(
+          state["params"])
+    ckpt.close()
+  return teacher_fps
+
+
+def _check_caches(workdir: str, ds: datasets.Dataset | None,
+                  teacher_fps: dict[str, str], problems: list[str]) -> None:
+  for directory in sorted(glob.glob(os.path.join(workdir, "cache", "*", "*"))):
+    teacher, split_name = directory.split(os.sep)[-2:]
+    if cache.read_metadata(directory) is None:
+      problems.append(f"teacher cache {directory} is incomplete (no "
+                      "metadata.json); re-run the command to finish it.")
+      continue
+    expected = {"teacher": teacher, "split": split_name}
+    if ds is not None and split_name in ("train", "test"):
+      expected["dataset_fingerprint"] = getattr(ds, split_name).fingerprint()
+    if teacher in teacher_fps:
+      expected["teacher_fingerprint"] = teacher_fps[teacher]
+    try:
+      c = cache.LogitCache(directory, expected, verify=True)
+      if ds is not None and split_name in ("train", "test"):
+        c.rows(getattr(ds, split_name).ids)  # Every example has its logits.
+    except UserError as e:
+      problems.append(str(e))
+
+
+def _check_results(workdir: str, ds: datasets.Dataset | None,
+                   problems: list[str]) -> None:
+  path = os.path.join(workdir, "results.json")
+  if not os.path.isfile(path):
+    return
+  try:
+    with open(path) as f:
+      results = json.load(f)
+  except ValueError as e:
+    problems.append(f"{path} is not valid JSON ({e}); re-run to rewrite it.")
+    return
+  if ds is not None and sorted(results) != sorted(ds.tasks):
+    problems.append(f"{path} has tasks {sorted(results)}, the config's data "
+                    f"has {sorted(ds.tasks)}.")
+  for task, models in results.items():
+    for model in ("teacher", "baseline", "student"):
+      m = models.get(model, {}) if isinstance(models, dict) else {}
+      acc, loss = m.get("accuracy"), m.get("loss")
+      if not (isinstance(acc, float | int) and 0 <= acc <= 1 and
+              isinstance(loss, float | int) and math.isfinite(loss)):
+        problems.append(f"{path}: {task}/{model} lacks a valid accuracy and "
+                        "loss.")
+
+
+def verify_workdir(config, workdir: str) -> list[str]:
+  """All problems found in `workdir` (empty if everything checks out)."""
+  if not os.path.isdir(workdir):
+    return [f"workdir {workdir} does not exist."]
+  problems: list[str] = []
+  try:
+    ds = datasets.build(config.data)
+  except UserError as e:
+    ds = None
+    problems.append(f"cannot load the configured dataset to check caches "
+                    f"against: {e}")
+  teacher_fps = _check_checkpoints(workdir, problems)
+  _check_caches(workdir, ds, teacher_fps, problems)
+  _check_results(workdir, ds, problems)
+  return problems
