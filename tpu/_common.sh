@@ -4,7 +4,9 @@
 # (macOS) as well as Linux: no mapfile, no associative arrays, and possibly
 # empty arrays are expanded as ${a[@]+"${a[@]}"} (set -u).
 
+# shellcheck disable=SC2034  # used by the scripts that source this file
 TPU_SCRIPTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck disable=SC2034
 TPU_REPO_ROOT=$(cd "$TPU_SCRIPTS_DIR/.." && pwd)
 
 log() { printf '[%s %s] %s\n' "$(date -u +%H:%M:%S)" "${0##*/}" "$*" >&2; }
@@ -17,6 +19,7 @@ usage_error() {
 
 # Flags shared by every script. A spec is "--flag:VAR" (takes a value) or
 # "--flag:VAR=VALUE" (a switch that sets VAR to VALUE).
+# shellcheck disable=SC2034  # used by the scripts that source this file
 COMMON_SPECS=(
   "--name:TPU_NAME"
   "--zone:TPU_ZONE"
@@ -111,6 +114,7 @@ common_defaults() {
 # Remote paths are relative to the remote user's home unless absolute; a
 # leading "~/" is accepted and dropped.
 remote_path() {
+  # shellcheck disable=SC2088  # a literal "~/" typed by the user
   case "$1" in
     "~/"*) printf '%s' "${1#"~/"}" ;;
     "~") printf '.' ;;
@@ -157,6 +161,7 @@ tpu_ssh() {
 # tpu/worker.sh from the installed repository, with the TPU_* settings it
 # reads passed in its environment.
 worker_cmd() {
+  # shellcheck disable=SC2016  # $HOME is expanded on the worker
   local s='cd "$HOME" &&' v
   for v in TPU_REPO_DIR TPU_LOG_DIR TPU_BUCKET TPU_MOUNT_ROOT TPU_GCSFUSE_FLAGS \
            TPU_PYTHON TPU_JAX_SPEC TPU_RESTART TPU_STOP_GRACE; do
@@ -199,5 +204,15 @@ tpu_num_workers() {
           ${PROJECT_ARGS[@]+"${PROJECT_ARGS[@]}"} \
           --format='value(networkEndpoints[].ipAddress)' 2>/dev/null) || ips=""
   if [ -z "$ips" ]; then echo 0; return 0; fi
-  printf '%s\n' "$ips" | tr ';,' '\n\n' | grep -c .
+  printf '%s\n' "$ips" | awk -F'[;,]' '{n += NF} END {print n + 0}'
+}
+
+# status_cmd: remote command printing one "mtkd-worker N: ..." status line,
+# also on a worker where mtkd is not installed (yet).
+status_cmd() {
+  local ws
+  ws=$(printf '%q' "$TPU_REPO_DIR/tpu/worker.sh")
+  # shellcheck disable=SC2016  # expanded on the worker
+  printf 'cd "$HOME"; if [ -f %s ]; then %s; else h=$(hostname); echo "mtkd-worker ${h##*-w-}: not-installed"; fi' \
+    "$ws" "$(worker_cmd status)"
 }

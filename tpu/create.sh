@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates a Cloud TPU VM or pod slice with `gcloud compute tpus tpu-vm create`.
 set -euo pipefail
-# shellcheck source=tpu/_common.sh
+# shellcheck source-path=SCRIPTDIR source=_common.sh
 . "$(dirname "$0")/_common.sh"
 
 usage() {

@@ -3,7 +3,7 @@
 # or a copy of this checkout), the .venv (scripts/setup.sh), jax[tpu], gcsfuse
 # and the bucket mount; then checks that all workers see all TPU devices.
 set -euo pipefail
-# shellcheck source=tpu/_common.sh
+# shellcheck source-path=SCRIPTDIR source=_common.sh
 . "$(dirname "$0")/_common.sh"
 
 usage() {

@@ -2,7 +2,7 @@
 # Starts the same mtkd command on every worker of a TPU VM / pod slice, in the
 # background (nohup), with --config.parallel.distributed=True appended.
 set -euo pipefail
-# shellcheck source=tpu/_common.sh
+# shellcheck source-path=SCRIPTDIR source=_common.sh
 . "$(dirname "$0")/_common.sh"
 
 usage() {

@@ -107,7 +107,7 @@ install_gcsfuse() {
 }
 
 do_setup() {
-  [ -f "$REPO_DIR/scripts/setup.sh" ] || fail "no mtkd checkout at ~/$REPO_DIR"
+  [ -f "$REPO_DIR/scripts/setup.sh" ] || fail "no mtkd checkout at $HOME/$REPO_DIR"
   local py
   py=$(pick_python)
   cd "$REPO_DIR"
@@ -180,7 +180,7 @@ do_stop() {
 
 do_start() {
   [ $# -gt 0 ] || fail "start: no command given"
-  [ -x "$REPO_DIR/.venv/bin/python" ] || fail "~/$REPO_DIR/.venv is missing: run install.sh first"
+  [ -x "$REPO_DIR/.venv/bin/python" ] || fail "$HOME/$REPO_DIR/.venv is missing: run install.sh first"
   local pid
   if pid=$(run_pid); then
     [ "$RESTART" = 1 ] || fail "a run is already going (pid $pid); stop.sh it or launch with --restart"
@@ -204,6 +204,7 @@ do_start() {
   cd "$REPO_DIR"
   # setsid: the run gets its own process group (stop.sh kills that group) and
   # survives the ssh session; the wrapper records the exit status.
+  # shellcheck disable=SC2016  # expanded by the wrapper shell
   PATH="$PWD/.venv/bin:$PATH" PYTHONUNBUFFERED=1 MTKD_RC_FILE="$logs/mtkd.rc" \
     nohup setsid bash -c '"$@"; rc=$?; echo "$rc" >"$MTKD_RC_FILE"; exit "$rc"' \
     mtkd-run "${cmd[@]}" >>"$log" 2>&1 </dev/null &
@@ -250,7 +251,7 @@ case "$sub" in
   log)
     lines=${1:-100}; follow=${2:-1}
     f="$LOG_DIR/latest.log"
-    [ -e "$f" ] || fail "no log yet in ~/$LOG_DIR"
+    [ -e "$f" ] || fail "no log yet in $HOME/$LOG_DIR"
     if [ "$follow" = 1 ]; then exec tail -n "$lines" -F "$f"; else tail -n "$lines" "$f"; fi ;;
   logs) ls -l "$LOG_DIR" ;;
   *) echo "usage: worker.sh setup|mount|check|start CMD...|status|stop|log [N] [FOLLOW]|logs" >&2

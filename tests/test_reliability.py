@@ -1,0 +1,301 @@
+"""Resume after kill -9 and SIGTERM, corrupt checkpoints, non-finite steps,
+--verify, and the bad-input catalogue entries not covered elsewhere."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import quickstart
+from mtkd import (
+  checkpoint,
+  distributed,
+  experiment,
+  parallel,
+  preemption,
+  sharding,
+)
+from mtkd.data import pipeline
+from mtkd.errors import UserError
+from mtkd.loop import Stage, fit
+from tests.test_train import _data, _stage
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = ["--config=configs/quickstart.py:smoke", "--config.data.name=digits",
+         "--config.checkpoint_every=5"]
+
+
+def _cli(*args, timeout=300):
+  return subprocess.run([sys.executable, "-m", "mtkd.main", *args], cwd=ROOT,
+                        timeout=timeout, capture_output=True, text=True,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def _final_fingerprint(workdir, stage):
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, stage, "checkpoints"))
+  try:
+    return ckpt.meta(ckpt.latest_step())[checkpoint.FINGERPRINT]
+  finally:
+    ckpt.close()
+
+
+def test_kill9_at_random_moments_resumes_bit_identically(tmp_path):
+  ref = tmp_path / "ref"
+  assert _cli(*SMOKE, f"--workdir={ref}").returncode == 0
+  w = tmp_path / "killed"
+  rng, kills, outputs = random.Random(0), 0, []
+  for _ in range(12):
+    p = subprocess.Popen([sys.executable, "-m", "mtkd.main", *SMOKE,
+                          f"--workdir={w}"], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    time.sleep(rng.uniform(4.0, 9.0))
+    if p.poll() is None:
+      p.send_signal(signal.SIGKILL)
+      kills += 1
+    outputs.append(p.communicate()[0])
+    if p.returncode == 0:
+      break
+  else:
+    r = _cli(*SMOKE, f"--workdir={w}")
+    assert r.returncode == 0, r.stderr[-2000:]
+  resumes = [line for o in outputs for line in o.splitlines()
+             if "resuming at step" in line]
+  print(f"\nkill -9 trial: {kills} kills; resumes: {resumes}")
+  assert kills >= 3, outputs  # The schedule really interrupted the pipeline.
+  assert any("resuming at step" in o for o in outputs)
+  assert (w / "results.json").read_bytes() == (ref / "results.json").read_bytes()
+  for stage in ("teachers/digit", "teachers/parity", "baseline", "student"):
+    assert _final_fingerprint(w, stage) == _final_fingerprint(ref, stage)
+  assert _cli(*SMOKE, f"--workdir={w}", "--verify").returncode == 0
+
+
+@pytest.fixture
+def handlers():
+  old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+  preemption.reset()
+  yield
+  preemption.reset()
+  for s, h in old.items():
+    signal.signal(s, h)
+
+
+def test_sigterm_checkpoints_at_a_step_boundary_and_resumes(tmp_path,
+                                                            handlers):
+  strategy = parallel.Jit(sharding.make_mesh())
+  split = _data()
+  stream = pipeline.train_stream(split, split.labels, 8, seed=0)
+  straight = fit(_stage(tmp_path, stream, "straight"), strategy)
+
+  fired = []
+
+  def sigterm_at_step_4(batch):  # Once: a resumed run must not re-fire it.
+    if not fired and np.array_equal(batch["ids"], stream[4]["ids"]):
+      fired.append(True)
+      os.kill(os.getpid(), signal.SIGTERM)
+    return batch
+
+  preemption.install()
+  stage = _stage(tmp_path, stream.map(sigterm_at_step_4), "stopped")
+  with pytest.raises(preemption.Preempted) as e:
+    fit(stage, strategy)
+  assert e.value.signal_name == "SIGTERM"
+  ckpt = checkpoint.Checkpointer(os.path.join(stage.directory, "checkpoints"))
+  stopped_at = ckpt.latest_step()
+  ckpt.close()
+  assert 0 < stopped_at < 10 and f"step {stopped_at}/10" in e.value.where
+  preemption.reset()
+  resumed = fit(stage, strategy)
+  for a, b in zip(jax.tree.leaves(jax.device_get(straight)),
+                  jax.tree.leaves(jax.device_get(resumed)), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def _corrupt_largest_file(step_dir, truncate=False):
+  files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs]
+  path = max(files, key=os.path.getsize)
+  raw = bytearray(open(path, "rb").read())
+  if truncate:
+    raw = raw[: len(raw) // 2]
+  else:
+    raw[len(raw) // 2] ^= 0xFF
+  open(path, "wb").write(raw)
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, capsys,
+                                                   truncate):
+  mesh = sharding.make_mesh()
+  rep = sharding.replicated(mesh)
+  def state(v):  # Random values: the array data is the largest file.
+    w = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+    w[0, 0] = v
+    return jax.device_put({"w": w, "step": np.int32(v)}, rep)
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))
+  ckpt.save(1, state(1.0), {"config": {}})
+  ckpt.save(2, state(2.0), {"config": {}})
+  ckpt.wait()
+  _corrupt_largest_file(str(tmp_path / "checkpoints" / "2"), truncate)
+  assert ckpt.check(2) is not None and ckpt.check(1) is None
+  step, restored, _ = ckpt.restore_latest(state(0.0))
+  assert step == 1 and float(restored["w"][0, 0]) == 1.0
+  assert "checkpoints/2 is unusable" in capsys.readouterr().err
+  moved = os.listdir(tmp_path / "corrupt_checkpoints")
+  assert len(moved) == 1 and moved[0].startswith("2-")  # Kept, not deleted.
+  assert ckpt.all_steps() == [1]
+  ckpt.close()
+
+
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_non_finite_steps(tmp_path, mode):
+  strategy = parallel.Jit(sharding.make_mesh())
+  split = _data()
+  stream = pipeline.train_stream(split, split.labels, 8, seed=0)
+
+  def poison_step_4(batch):
+    if np.array_equal(batch["ids"], stream[4]["ids"]):
+      batch = dict(batch, inputs=np.full_like(batch["inputs"], np.inf))
+    return batch
+
+  stage = _stage(tmp_path, stream.map(poison_step_4), mode)
+  stage = Stage(**{**stage.__dict__, "nonfinite": mode})
+  if mode == "stop":
+    with pytest.raises(UserError, match="between steps 5 and 6"):
+      fit(stage, strategy)
+    ckpt = checkpoint.Checkpointer(os.path.join(stage.directory,
+                                                "checkpoints"))
+    step, state, _ = ckpt.restore_latest(None) or (None, None, None)
+    ckpt.close()
+    assert step == 3
+  else:
+    state = fit(stage, strategy)
+    lines = [json.loads(x) for x in open(os.path.join(
+        stage.directory, "logs", "metrics.jsonl"))]
+    assert [x["train/nonfinite"] for x in lines] == [0, 0, 0.5, 0, 0]
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(
+      jax.device_get(state)))
+
+
+def test_allow_config_change(tmp_path):
+  strategy = parallel.Jit(sharding.make_mesh())
+  split = _data()
+  stream = pipeline.train_stream(split, split.labels, 8, seed=0)
+  stage = _stage(tmp_path, stream)
+  fit(stage, strategy)
+  changed = Stage(**{**stage.__dict__, "config": {"lr": 5.0},
+                     "num_steps": 12})
+  with pytest.raises(UserError, match="--allow_config_change"):
+    fit(changed, strategy)
+  state = fit(Stage(**{**changed.__dict__, "allow_config_change": True}),
+              strategy)
+  assert int(state.step) == 12
+
+
+def test_disk_full_while_checkpointing(tmp_path, monkeypatch):
+  strategy = parallel.Jit(sharding.make_mesh())
+  split = _data()
+  stage = _stage(tmp_path, pipeline.train_stream(split, split.labels, 8, 0))
+  real = ocp.CheckpointManager.save
+  def save(self, step, *a, **kw):
+    if step >= 6:
+      raise OSError(28, "No space left on device")
+    return real(self, step, *a, **kw)
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  with pytest.raises(UserError, match="No space left.*step 3"):
+    fit(stage, strategy)
+  monkeypatch.undo()
+  assert int(fit(stage, strategy).step) == 10  # Resumes from step 3.
+
+
+def test_verify_reports_each_broken_artifact(tmp_path):
+  w = tmp_path / "w"
+  c = quickstart.get_config("smoke")
+  c.data.name = "digits"
+  c.teacher.steps = c.student.steps = 10
+  experiment.run(c, str(w))
+  from mtkd import verify
+  assert verify.verify_workdir(c, str(w)) == []
+  shard = w / "cache" / "digit" / "train" / "shard-00001-of-00002"
+  raw = bytearray((shard / "logits_digit.npy").read_bytes())
+  raw[-1] ^= 1
+  (shard / "logits_digit.npy").write_bytes(bytes(raw))
+  _corrupt_largest_file(str(w / "student" / "checkpoints" / "10"))
+  (w / "results.json").write_text("{}")
+  problems = verify.verify_workdir(c, str(w))
+  assert len(problems) == 3, problems
+  assert "logits_digit.npy fails its checksum" in problems[1]
+  assert "student/checkpoints/10 is unusable" in problems[0]
+  assert "results.json has tasks []" in problems[2]
+  r = _cli("--config=configs/quickstart.py:smoke", "--config.data.name=digits",
+           f"--workdir={w}", "--verify")
+  assert r.returncode == 1 and r.stdout.count("PROBLEM:") >= 3
+
+
+# ---------------------------------------------------- bad-input catalogue
+
+
+def test_workdir_that_cannot_be_created(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  c = quickstart.get_config("smoke")
+  c.data.name = "digits"
+  with pytest.raises(UserError, match="Cannot create the workdir"):
+    experiment.run(c, str(blocker / "w"))
+  assert blocker.read_text() == "x"
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda c: c.tasks.update({"colour": {"alpha": 0.5}}),
+     r"config.tasks names \['colour'\]"),
+    (lambda c: setattr(c.data, "num_labeled", 10**6), "exceeds"),
+    (lambda c: setattr(c, "nonfinite", "ignore"), "nonfinite"),
+    (lambda c: setattr(c.parallel, "strategy", "pjit"),
+     "Unknown parallel strategy"),
+])
+def test_more_bad_configs(tmp_path, edit, match):
+  c = quickstart.get_config("smoke")
+  c.data.name = "digits"
+  edit(c)
+  with pytest.raises(UserError, match=match):
+    experiment.run(c, str(tmp_path))
+
+
+def test_distributed_needs_process_id_with_coordinator():
+  import ml_collections
+  with pytest.raises(UserError, match="process_id"):
+    distributed.initialize(ml_collections.ConfigDict(dict(
+        distributed=True, coordinator_address="127.0.0.1:1", num_processes=2,
+        process_id=-1)))
+
+
+def test_wrong_type_override_fails_cleanly(tmp_path):
+  r = _cli("--config=configs/quickstart.py:smoke", f"--workdir={tmp_path}",
+           "--config.student.steps=many")
+  assert r.returncode != 0 and "steps" in r.stderr
+  assert "Traceback" not in r.stderr
+
+
+def test_no_pickle_on_load_paths():
+  for root, _, files in os.walk(os.path.join(ROOT, "mtkd")):
+    for f in files:
+      if f.endswith(".py"):
+        text = open(os.path.join(root, f)).read()
+        assert "import pickle" not in text and "allow_pickle=True" not in text
+        start = text.find("np.load(")
+        while start >= 0:  # Each call, up to its closing parenthesis.
+          depth, i = 0, start + len("np.load")
+          while True:
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            i += 1
+            if depth == 0:
+              break
+          assert "allow_pickle=False" in text[start:i], (f, text[start:i])
+          start = text.find("np.load(", i)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Stands in for `python -m mtkd.main` in tpu/tests/selftest.sh. Run by
+# worker.sh start inside the fake worker's repo copy. FAKE_MTKD_MODE:
+#   preempt_once  first launch: worker 0 marks the fake TPU PREEMPTED and
+#                 hangs (until the fake delete kills it); later launches
+#                 finish and process 0 writes WORKDIR/results.json.
+#   usererror     exit 2 at once, as mtkd does on a config/data error.
+set -euo pipefail
+workdir=""
+for a in "$@"; do case "$a" in --workdir=*) workdir=${a#--workdir=} ;; esac; done
+mkdir -p "$workdir"
+w=${TPU_WORKER_ID:?}
+echo "fake mtkd on worker $w: $*"
+printf '%s\n' "$*" >>"$workdir/args.w$w"
+case "${FAKE_MTKD_MODE:-preempt_once}" in
+  usererror) echo "UserError: bad config" >&2; exit 2 ;;
+  preempt_once)
+    if [ ! -e "$workdir/launched_once.w$w" ]; then
+      touch "$workdir/launched_once.w$w"
+      [ "$w" = 0 ] && { sleep 1; echo PREEMPTED >"$FAKE_GCLOUD_DIR/state"; }
+      sleep 1000
+    fi
+    sleep 1
+    if [ "$w" = 0 ]; then echo '{"left": {}}' >"$workdir/results.json.tmp"
+      mv "$workdir/results.json.tmp" "$workdir/results.json"; fi
+    echo "fake mtkd on worker $w: done" ;;
+esac
