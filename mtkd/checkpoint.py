@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
 
 from mtkd import distributed
 from mtkd.fingerprint import fully_addressable, tree_fingerprint
@@ -29,7 +30,8 @@ FINGERPRINT = "state_fingerprint"
 
 
 class Checkpointer:
-  """Keeps the last `keep` checkpoints of one training stage."""
+  """Keeps the last `keep` checkpoints of one training stage, plus the one
+  with the lowest `loss` metric among those saved with metrics."""
 
   def __init__(self, directory: str, keep: int = 2):
     self.directory = os.path.abspath(directory)
@@ -37,9 +39,13 @@ class Checkpointer:
     self._open()
 
   def _open(self):
+    policy = checkpoint_managers.AnyPreservationPolicy([
+        checkpoint_managers.LatestN(self.keep),
+        checkpoint_managers.BestN(get_metric_fn=lambda m: m["loss"],
+                                  reverse=True, n=1)])  # Lowest loss.
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=self.keep,
+        options=ocp.CheckpointManagerOptions(preservation_policy=policy,
                                              create=True))
 
   def latest_step(self) -> int | None:
@@ -48,13 +54,18 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, meta: dict, force: bool = False):
-    """Async save; the state's fingerprint is computed on the host first."""
+  def save(self, step: int, state: Any, meta: dict, force: bool = False,
+           loss: float | None = None):
+    """Async save; the state's fingerprint is computed on the host first.
+
+    `loss` (lower is better) ranks checkpoints for keep-best."""
     if fully_addressable(state):  # Multi-host fsdp states are not verified.
       meta = dict(meta, **{FINGERPRINT: tree_fingerprint(state)})
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                       force=force)
+    self._manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      meta=ocp.args.JsonSave(meta)),
+        force=force, metrics=None if loss is None else {"loss": loss})
+
 
   def meta(self, step: int) -> dict:
     return self._manager.restore(step, args=ocp.args.Composite(

@@ -7,6 +7,7 @@ the data stream is indexed by step, so resuming needs no iterator state.
 """
 
 import dataclasses
+import math
 import os
 
 import flax.linen as nn
@@ -66,7 +67,10 @@ def fit(stage: Stage, strategy: parallel.Jit) -> train.TrainState:
   state = strategy.init(
       train.make_init(stage.model, stage.tx, stage.input_shape), init_rng)
   ckpt = checkpoint.Checkpointer(os.path.join(stage.directory, "checkpoints"))
-  meta = {"stage": stage.name, "config": stage.config}
+  meta = {"stage": stage.name, "config": stage.config,
+          "config_hash": configs_util.fingerprint(stage.config),
+          # The stream is indexed by step: resuming at step s reads ds[s:].
+          "data": "step-indexed grain.MapDataset; next batch = state.step"}
   latest = ckpt.latest_step()
   if latest is not None:
     try:
@@ -118,11 +122,23 @@ def _train(stage, strategy, step_fn, state, step_rng, start, ckpt, meta,
            writer, progress):
   """Steps from `start` to the end, logging and checkpointing on cadence."""
   sums, last_logged = None, start
+  since_save = None  # (loss sum, steps) since the last save, for keep-best.
   step = start
   state = strategy.to_device(state)
+
+  def save(force=False):
+    loss = None
+    if since_save is not None:
+      total, count = jax.device_get(since_save)
+      loss = float(total) / float(count)
+      loss = loss if math.isfinite(loss) else None
+    ckpt.save(step, strategy.from_device(state), meta, force=force, loss=loss)
+
   for batch in pipeline.iterate(stage.stream, start, stage.num_steps):
     state, metrics = step_fn(state, strategy.put_batch(batch), step_rng)
     sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+    since_save = metrics["loss"] if since_save is None else jax.tree.map(
+        jnp.add, since_save, metrics["loss"])
     step += 1
     if step % stage.log_every == 0 or step == stage.num_steps:
       host = strategy.metrics_to_host(sums)
@@ -140,17 +156,16 @@ def _train(stage, strategy, step_fn, state, step_rng, start, ckpt, meta,
       progress.update(step, f"loss {means['loss']:.4f}")
       sums, last_logged = None, step
     if step % stage.checkpoint_every == 0 and step < stage.num_steps:
-      ckpt.save(step, strategy.from_device(state), meta)
+      save()
+      since_save = None
     # One process polls its own flag every step; several agree at log steps.
     multi = jax.process_count() > 1
     if (step < stage.num_steps and (not multi or step % stage.log_every == 0)
         and preemption.requested(sync=multi)):
-      state = strategy.from_device(state)
       if ckpt.latest_step() != step:
-        ckpt.save(step, state, meta, force=True)
+        save(force=True)
       ckpt.wait()
       raise preemption.Preempted(f"step {step}/{stage.num_steps} of stage "
                                  f"{stage.name!r}", preemption.signal_name())
-  state = strategy.from_device(state)
-  ckpt.save(step, state, meta, force=True)
-  return state
+  save(force=True)
+  return strategy.from_device(state)

@@ -154,6 +154,17 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, capsys,
   ckpt.close()
 
 
+def test_keeps_latest_two_plus_best_by_loss(tmp_path):
+  rep = sharding.replicated(sharding.make_mesh())
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "c"), keep=2)
+  for step, loss in [(1, 5.0), (2, 1.0), (3, 3.0), (4, 4.0), (5, 6.0)]:
+    ckpt.save(step, jax.device_put({"x": np.float32(step)}, rep),
+              {"config": {}}, loss=loss)
+  ckpt.wait()
+  assert ckpt.all_steps() == [2, 4, 5]  # Latest two, and step 2's loss 1.0.
+  ckpt.close()
+
+
 @pytest.mark.parametrize("mode", ["stop", "skip"])
 def test_non_finite_steps(tmp_path, mode):
   strategy = parallel.Jit(sharding.make_mesh())

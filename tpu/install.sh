@@ -134,7 +134,12 @@ if has_step setup; then
   tpu_ssh "$TPU_WORKERS" "$(worker_cmd setup)"
 fi
 if has_step check; then
-  log "check: jax.distributed.initialize() on all workers"
-  tpu_ssh all "$(worker_cmd check)"
+  # The check needs the TPU chips; it would fail (or hang) next to a run.
+  if tpu_ssh all "$(status_cmd)" 2>/dev/null | grep -q ': running '; then
+    log "warning: check skipped: an mtkd run is going on $TPU_NAME (tpu/stop.sh first)"
+  else
+    log "check: jax.distributed.initialize() on all workers"
+    tpu_ssh all "$(worker_cmd check)"
+  fi
 fi
 log "done"

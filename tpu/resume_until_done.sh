@@ -17,9 +17,10 @@ Loop (run it where it can keep going for hours: tmux, screen, or nohup on a smal
      TPU PREEMPTED / TERMINATED             -> delete.sh, then as above.
      TPU STOPPED                            -> gcloud tpu-vm start, install.sh, launch.sh.
      TPU CREATING / STARTING / REPAIRING... -> wait --retry-sleep.
-     TPU READY, run going on all workers    -> wait --poll.
+     TPU READY, run going on all workers    -> wait --poll (a run found going when the
+                                               script starts is taken to be this command).
      TPU READY, mtkd exited 2 on a worker   -> stop, exit 2 (a config/data error:
-                                               relaunching would fail the same way).
+       after this script launched it           relaunching would fail the same way).
      TPU READY, run not going everywhere    -> launch.sh --restart (install.sh first if
                                                mtkd is not installed or a launch failed).
 Each create / relaunch / failed gcloud call counts as one try; after --max-tries the
@@ -102,6 +103,7 @@ fi
 here="$TPU_SCRIPTS_DIR"
 tries=0
 need_install=0
+launched=0  # set once this script has launched the command
 
 results_exist() {
   case "$RESULTS" in
@@ -120,6 +122,7 @@ try() {  # counts one try, exits when they are used up
 }
 
 install_and_launch() {
+  launched=1
   if [ "$1" = 1 ]; then
     "$here/install.sh" || { need_install=1; return 1; }
   fi
@@ -156,10 +159,17 @@ while :; do
         try "workers of $TPU_NAME unreachable over ssh"; sleep "$RETRY"; continue
       fi
       if [ "$running" -eq "$expected" ]; then
+        [ "$launched" = 1 ] || log "a run is already going on all workers; taking it" \
+          "for this command (if it is not, tpu/stop.sh it and start again)"
         log "READY, running on $running/$expected workers; next check in ${POLL}s"
         sleep "$POLL"; continue
       fi
       printf '%s\n' "$lines" | sed 's/^/  /' >&2
+      if [ "$launched" = 0 ]; then
+        # Exit statuses left by an earlier run, maybe of another command:
+        # not evidence about this one. Launch it.
+        rc2=0; rc0=0
+      fi
       if [ "$rc2" -gt 0 ]; then
         "$here/stop.sh" || true
         log "error: mtkd exited with status 2 (configuration or data error) on $rc2" \
@@ -173,6 +183,8 @@ while :; do
       inst=$need_install
       [ "$not_installed" -gt 0 ] && inst=1
       try "the run is going on $running/$expected workers: relaunching on all"
+      # Free the chips first: the rest of a broken run, and install's check.
+      [ "$running" -gt 0 ] && { "$here/stop.sh" || true; }
       if install_and_launch "$inst"; then sleep "$POLL"; else sleep "$RETRY"; fi
       ;;
     MISSING)

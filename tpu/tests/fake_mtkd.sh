@@ -5,6 +5,8 @@
 #                 hangs (until the fake delete kills it); later launches
 #                 finish and process 0 writes WORKDIR/results.json.
 #   usererror     exit 2 at once, as mtkd does on a config/data error.
+#   crash_once    first launch: worker 1 fails (exit 1) after 4 s while worker
+#                 0 hangs, as in a collective; later launches finish.
 set -euo pipefail
 workdir=""
 for a in "$@"; do case "$a" in --workdir=*) workdir=${a#--workdir=} ;; esac; done
@@ -14,6 +16,14 @@ echo "fake mtkd on worker $w: $*"
 printf '%s\n' "$*" >>"$workdir/args.w$w"
 case "${FAKE_MTKD_MODE:-preempt_once}" in
   usererror) echo "UserError: bad config" >&2; exit 2 ;;
+  crash_once)
+    if [ ! -e "$workdir/launched_once.w$w" ]; then
+      touch "$workdir/launched_once.w$w"
+      if [ "$w" = 1 ]; then sleep 4; echo "worker 1 crashed" >&2; exit 1; fi
+      sleep 1000
+    fi
+    [ "$w" = 0 ] && echo '{}' >"$workdir/results.json"
+    echo "fake mtkd on worker $w: done" ;;
   preempt_once)
     if [ ! -e "$workdir/launched_once.w$w" ]; then
       touch "$workdir/launched_once.w$w"

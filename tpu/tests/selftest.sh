@@ -6,7 +6,8 @@
 #   4. resume_until_done.sh end to end against tests/fake_gcloud, a local
 #      stand-in for gcloud with a fake two-worker TPU: create, install (code
 #      copy), launch, a preemption, delete + recreate + relaunch, results.json;
-#      then status/logs/stop, and a run that exits 2 (must not be retried).
+#      then status/logs/stop, a run that exits 2 (must not be retried), and a
+#      run in which one worker dies (all are stopped and relaunched).
 # It does not show that the scripts work on real Cloud TPUs: only gcloud's own
 # behaviour as mimicked by fake_gcloud is exercised.
 #
@@ -61,7 +62,7 @@ cleanup() {
   for f in "$D"/hosts/w*/mtkd_logs/mtkd.pid; do
     if [ -f "$f" ]; then kill -KILL -- "-$(cat "$f")" 2>/dev/null || true; fi
   done
-  rm -rf "$D"
+  [ -n "${KEEP:-}" ] && { echo "kept $D"; return; }; rm -rf "$D"
 }
 trap cleanup EXIT
 mkdir -p "$D/bin" "$D/gcs"
@@ -117,6 +118,11 @@ rc=0; FAKE_MTKD_MODE=usererror "$T/resume_until_done.sh" --poll 1 --retry-sleep 
 check "resume_until_done stops on mtkd exit status 2" \
   bash -c '[ "$1" != 0 ] && grep -q "exited with status 2" "$2"' _ "$rc" "$D/bad.log"
 check "  ... after one launch" bash -c '[ "$(cat "$1" | wc -l)" = 1 ]' _ "$D/gcs/bkt/runs/bad/args.w0"
+rc=0; FAKE_MTKD_MODE=crash_once "$T/resume_until_done.sh" --poll 2 --retry-sleep 1 -- \
+  bash tpu/tests/fake_mtkd.sh --workdir="$D/gcs/bkt/runs/crash" >"$D/crash.log" 2>&1 || rc=$?
+check "a worker that dies: the others are stopped, all relaunched, run finishes" \
+  bash -c '[ "$1" = 0 ] && grep -q "going on 1/2 workers" "$2" && [ -f "$3/results.json" ] &&
+           [ "$(cat "$3"/args.w0 | wc -l)" = 2 ]' _ "$rc" "$D/crash.log" "$D/gcs/bkt/runs/crash"
 rc=0; "$T/delete.sh" </dev/null >/dev/null 2>&1 || rc=$?
 check "delete.sh without --yes and without a terminal refuses" \
   bash -c '[ "$1" != 0 ] && [ -f "$2/state" ]' _ "$rc" "$D"
