@@ -136,6 +136,8 @@ def test_npz_images_and_ids(tmp_path):
           y_train_t=np.zeros(0, int), y_test_t=[0]), "empty"),
     (dict(x_train=np.zeros((3, 2)), x_test=np.zeros((1, 2)),
           y_train_t=[0, 1], y_test_t=[0]), "labels of shape"),
+    (dict(x_train=np.zeros((3, 2, 2, 2, 2)), x_test=np.zeros((1, 2, 2, 2, 2)),
+          y_train_t=[0, 1, 1], y_test_t=[0]), "expected images"),
     (dict(x_train=np.zeros((3, 2)), x_test=np.zeros((1, 2)),
           y_train_t=[0, 1, 1], y_test_t=[0], ids_train=[1, 1, 2]), "duplicate"),
 ])

@@ -267,6 +267,7 @@ def test_workdir_that_cannot_be_created(tmp_path):
     (lambda c: c.tasks.update({"colour": {"alpha": 0.5}}),
      r"config.tasks names \['colour'\]"),
     (lambda c: setattr(c.data, "num_labeled", 10**6), "exceeds"),
+    (lambda c: c.tasks.update({"digit": {"weight": -1.0}}), "must be >= 0"),
     (lambda c: setattr(c, "nonfinite", "ignore"), "nonfinite"),
     (lambda c: setattr(c.parallel, "strategy", "pjit"),
      "Unknown parallel strategy"),
