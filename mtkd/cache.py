@@ -278,9 +278,8 @@ class LogitCache:
     for s in np.unique(shard):
       sel = np.flatnonzero(shard == s)
       local = rows[sel] - self._starts[s]
-      order = np.argsort(local, kind="stable")  # Read in file order.
-      for t, x in self._shards[s].items():
-        out[t][sel[order]] = x[local[order]]
+      for t, x in self._shards[s].items():  # Plain gather: fastest measured.
+        out[t][sel] = x[local]
     return out
 
   def all_logits(self, task: str) -> np.ndarray:

@@ -129,7 +129,7 @@ def _train(stage, strategy, step_fn, state, step_rng, start, ckpt, meta,
   def save(force=False):
     loss = None
     if since_save is not None:
-      total, count = jax.device_get(since_save)
+      total, count = strategy.metrics_to_host(since_save)
       loss = float(total) / float(count)
       loss = loss if math.isfinite(loss) else None
     ckpt.save(step, strategy.from_device(state), meta, force=force, loss=loss)

@@ -40,8 +40,8 @@ def main(argv: list[str]) -> None:
         print(f"PROBLEM: {p}")
       print(f"mtkd --verify: {len(problems)} problem(s) in {_WORKDIR.value}.")
       sys.exit(1 if problems else 0)
-    preemption.install()
     distributed.initialize(_CONFIG.value.parallel)
+    preemption.install()  # After initialize, which installs its own handler.
     experiment.run(_CONFIG.value, _WORKDIR.value,
                    allow_config_change=_ALLOW_CHANGE.value)
   except UserError as e:

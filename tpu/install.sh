@@ -81,6 +81,8 @@ if [ -z \"\$ref\" ]; then
 elif git -C $dir rev-parse --verify --quiet \"origin/\$ref^{commit}\" >/dev/null; then
   ref=origin/\$ref
 fi
+git -C $dir rev-parse --verify --quiet \"\$ref^{commit}\" >/dev/null \\
+  || { echo \"no branch, tag or commit \$ref in $url\" >&2; exit 1; }
 git -C $dir checkout --quiet --detach \"\$ref\"
 echo \"mtkd code at \$(git -C $dir rev-parse --short HEAD) on \$(hostname)\""
 }

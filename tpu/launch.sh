@@ -31,7 +31,7 @@ Flags (environment variable, default):
   --log-dir DIR       TPU_LOG_DIR (mtkd_logs)  Log directory on each worker's own disk.
   --restart           TPU_RESTART=1  Stop a run that is still going first (default:
                       refuse to start a second one).
-  --stop-grace SECS   TPU_STOP_GRACE (30)  With --restart: seconds between TERM and KILL.
+  --stop-grace SECS   TPU_STOP_GRACE (120)  With --restart: seconds between TERM and KILL.
 
 EOF
   common_usage
@@ -45,13 +45,13 @@ parse_flags "${COMMON_SPECS[@]}" \
 common_defaults
 remote_defaults
 TPU_RESTART=${TPU_RESTART:-0}
-TPU_STOP_GRACE=${TPU_STOP_GRACE:-30}
+TPU_STOP_GRACE=${TPU_STOP_GRACE:-120}
 CMD=("${REST[@]}")
 
 # Find the workdir to warn early about a path the workers do not share.
 workdir=""
 i=0
-while [ $i -lt ${#CMD[@]} ]; do
+while [ "$i" -lt "${#CMD[@]}" ]; do
   case "${CMD[$i]}" in
     --workdir=*) workdir=${CMD[$i]#--workdir=} ;;
     --workdir) [ $((i + 1)) -lt ${#CMD[@]} ] && workdir=${CMD[$((i + 1))]} ;;

@@ -75,7 +75,7 @@ done
 # Where results.json will appear.
 workdir=""
 i=0
-while [ $i -lt ${#CMD[@]} ]; do
+while [ "$i" -lt "${#CMD[@]}" ]; do
   case "${CMD[$i]}" in
     --workdir=*) workdir=${CMD[$i]#--workdir=} ;;
     --workdir) [ $((i + 1)) -lt ${#CMD[@]} ] && workdir=${CMD[$((i + 1))]} ;;
@@ -182,7 +182,7 @@ while :; do
       fi
       inst=$need_install
       [ "$not_installed" -gt 0 ] && inst=1
-      try "the run is going on $running/$expected workers: relaunching on all"
+      try "the run is not going on all workers ($running/$expected): (re)launching on all"
       # Free the chips first: the rest of a broken run, and install's check.
       [ "$running" -gt 0 ] && { "$here/stop.sh" || true; }
       if install_and_launch "$inst"; then sleep "$POLL"; else sleep "$RETRY"; fi

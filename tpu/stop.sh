@@ -9,14 +9,16 @@ usage() {
   cat <<'EOF'
 Usage: tpu/stop.sh --name NAME [--zone ZONE] [--stop-grace SECS] [--vm]
 
-Sends TERM to the run's process group on every worker, KILL after the grace period.
-The workdir keeps its checkpoints: launching the same command again resumes.
+Sends TERM to the run's process group on every worker: mtkd finishes the current step,
+writes a checkpoint and exits with status 143. Whatever is still there after the grace
+period gets KILL. Launching the same command again resumes from the workdir.
 
 Flags (environment variable, default):
-  --stop-grace SECS  TPU_STOP_GRACE (30)  Seconds between TERM and KILL.
+  --stop-grace SECS  TPU_STOP_GRACE (120)  Seconds between TERM and KILL (time for the
+                     checkpoint to reach the bucket).
   --vm               TPU_STOP_VM=1  Then `gcloud compute tpus tpu-vm stop` the TPU (0).
-                     Google documents stop/start for single-host TPU VMs only, not
-                     for pod slices or spot/preemptible TPUs: use delete.sh there.
+                     gcloud's help says spot/preemptible TPUs cannot be restarted, and
+                     as far as we know pod slices cannot be stopped: use delete.sh there.
   --log-dir DIR      TPU_LOG_DIR (mtkd_logs)
   --repo-dir DIR     TPU_REPO_DIR (mtkd)
 
@@ -30,7 +32,7 @@ parse_flags "${COMMON_SPECS[@]}" \
 [ ${#REST[@]} -eq 0 ] || usage_error "unexpected argument: ${REST[0]}"
 common_defaults
 remote_defaults
-TPU_STOP_GRACE=${TPU_STOP_GRACE:-30}
+TPU_STOP_GRACE=${TPU_STOP_GRACE:-120}
 
 log "stopping the mtkd run on all workers of $TPU_NAME"
 tpu_ssh all "$(worker_cmd stop)"

@@ -10,14 +10,15 @@
 #   worker.sh start CMD...   Start CMD (+ --config.parallel.distributed=True) under
 #                            nohup in the repo, with .venv/bin first on PATH.
 #   worker.sh status         One line: running / exited rc N / killed / not-started.
-#   worker.sh stop           TERM the run's process group, KILL after TPU_STOP_GRACE s.
+#   worker.sh stop           TERM the run's process group (mtkd checkpoints and exits
+#                            143), KILL it if still there after TPU_STOP_GRACE s.
 #   worker.sh log N FOLLOW   Last N lines of the latest log (FOLLOW=1: tail -F).
 #   worker.sh logs           List this worker's log files.
 #
 # Settings (environment; paths relative to $HOME unless absolute):
 #   TPU_REPO_DIR (mtkd), TPU_LOG_DIR (mtkd_logs), TPU_BUCKET (none),
 #   TPU_MOUNT_ROOT (/gcs), TPU_GCSFUSE_FLAGS, TPU_PYTHON (auto),
-#   TPU_JAX_SPEC (same), TPU_RESTART (0), TPU_STOP_GRACE (30),
+#   TPU_JAX_SPEC (same), TPU_RESTART (0), TPU_STOP_GRACE (120),
 #   TPU_WORKER_ID (default: the TPU metadata server's agent-worker-number).
 set -euo pipefail
 
@@ -30,7 +31,7 @@ GCSFUSE_FLAGS=${TPU_GCSFUSE_FLAGS:---implicit-dirs --rename-dir-limit=1000000 --
 PYTHON=${TPU_PYTHON:-auto}
 JAX_SPEC=${TPU_JAX_SPEC:-same}
 RESTART=${TPU_RESTART:-0}
-STOP_GRACE=${TPU_STOP_GRACE:-30}
+STOP_GRACE=${TPU_STOP_GRACE:-120}
 DIST_FLAG=--config.parallel.distributed=True
 
 SUDO=""
@@ -171,7 +172,7 @@ do_stop() {
   say "stopping pid $pid (process group)"
   kill -TERM -- "-$pid" 2>/dev/null || true
   for ((i = 0; i < STOP_GRACE; i++)); do
-    kill -0 "$pid" 2>/dev/null || { say "stopped"; return 0; }
+    run_pid >/dev/null || { say "stopped"; return 0; }  # gone, or a zombie
     sleep 1
   done
   kill -KILL -- "-$pid" 2>/dev/null || true
@@ -202,11 +203,13 @@ do_start() {
     printf '# command:'; printf ' %q' "${cmd[@]}"; echo
   } >"$log"
   cd "$REPO_DIR"
-  # setsid: the run gets its own process group (stop.sh kills that group) and
-  # survives the ssh session; the wrapper records the exit status.
+  # setsid: the run gets its own process group (stop.sh signals that group)
+  # and survives the ssh session. The wrapper records the exit status; its
+  # no-op TERM/INT trap keeps it alive while mtkd, on SIGTERM, finishes the
+  # step, writes a checkpoint and exits 143, so "running" lasts until then.
   # shellcheck disable=SC2016  # expanded by the wrapper shell
   PATH="$PWD/.venv/bin:$PATH" PYTHONUNBUFFERED=1 MTKD_RC_FILE="$logs/mtkd.rc" \
-    nohup setsid bash -c '"$@"; rc=$?; echo "$rc" >"$MTKD_RC_FILE"; exit "$rc"' \
+    nohup setsid bash -c 'trap : TERM INT; "$@"; rc=$?; echo "$rc" >"$MTKD_RC_FILE"; exit "$rc"' \
     mtkd-run "${cmd[@]}" >>"$log" 2>&1 </dev/null &
   pid=$!
   cd "$HOME"

@@ -27,7 +27,7 @@ case "${FAKE_MTKD_MODE:-preempt_once}" in
   preempt_once)
     if [ ! -e "$workdir/launched_once.w$w" ]; then
       touch "$workdir/launched_once.w$w"
-      [ "$w" = 0 ] && { sleep 1; echo PREEMPTED >"$FAKE_GCLOUD_DIR/state"; }
+      [ "$w" = 0 ] && { sleep 1; echo PREEMPTED >"${FAKE_GCLOUD_DIR:?}/state"; }
       sleep 1000
     fi
     sleep 1

@@ -111,8 +111,8 @@ check "launch.sh refuses a second run without --restart" [ "$rc" != 0 ]
 check "status.sh: running on both workers" \
   bash -c '[ "$("$1"/status.sh 2>&1 | grep -c ": running ")" = 2 ]' _ "$T"
 "$T/stop.sh" >/dev/null 2>&1
-check "stop.sh stops it" \
-  bash -c '[ "$("$1"/status.sh 2>&1 | grep -c ": running ")" = 0 ]' _ "$T"
+check "stop.sh stops it; the wrapper records 143 (TERM)" \
+  bash -c '[ "$("$1"/status.sh 2>&1 | grep -c ": exited rc 143 ")" = 2 ]' _ "$T"
 rc=0; FAKE_MTKD_MODE=usererror "$T/resume_until_done.sh" --poll 1 --retry-sleep 1 -- \
   bash tpu/tests/fake_mtkd.sh --workdir="$D/gcs/bkt/runs/bad" >"$D/bad.log" 2>&1 || rc=$?
 check "resume_until_done stops on mtkd exit status 2" \
@@ -121,7 +121,7 @@ check "  ... after one launch" bash -c '[ "$(cat "$1" | wc -l)" = 1 ]' _ "$D/gcs
 rc=0; FAKE_MTKD_MODE=crash_once "$T/resume_until_done.sh" --poll 2 --retry-sleep 1 -- \
   bash tpu/tests/fake_mtkd.sh --workdir="$D/gcs/bkt/runs/crash" >"$D/crash.log" 2>&1 || rc=$?
 check "a worker that dies: the others are stopped, all relaunched, run finishes" \
-  bash -c '[ "$1" = 0 ] && grep -q "going on 1/2 workers" "$2" && [ -f "$3/results.json" ] &&
+  bash -c '[ "$1" = 0 ] && grep -q "going on all workers (1/2)" "$2" && [ -f "$3/results.json" ] &&
            [ "$(cat "$3"/args.w0 | wc -l)" = 2 ]' _ "$rc" "$D/crash.log" "$D/gcs/bkt/runs/crash"
 rc=0; "$T/delete.sh" </dev/null >/dev/null 2>&1 || rc=$?
 check "delete.sh without --yes and without a terminal refuses" \
