@@ -16,10 +16,10 @@ under a temporary name, fsynced, renamed), so an interrupted caching stage
 resumes shard by shard.
 
 Why `.npy` read through a memory map: a training batch gathers 128 random
-rows; a memory map serves that as one vectorised fancy-index (26 us per batch
-at 10 classes, within 5% of in-RAM arrays at 1000 classes) without loading
-the whole array first (npz) and without per-record overhead (ArrayRecord,
-20-80x slower); see experiments/README.md for the measurements.
+rows; a memory map serves that as one vectorised fancy-index (12 us per batch
+at 10 classes, 0.8x in-RAM speed at 1000 classes) without loading the whole
+array first (npz) and without per-record overhead (ArrayRecord, 20-170x
+slower); see experiments/README.md for the measurements.
 
 Invariants: opening checks every metadata field the student relies on and
 each file's sha256; a lookup of an id that the cache does not hold is an
