@@ -47,35 +47,56 @@ def _final_fingerprint(workdir, stage):
     ckpt.close()
 
 
+def _latest_saved_step(directory) -> int:
+  try:
+    return max([int(n) for n in os.listdir(directory) if n.isdigit()] or [0])
+  except FileNotFoundError:
+    return 0
+
+
 def test_kill9_at_random_moments_resumes_bit_identically(tmp_path):
+  """SIGKILL inside every stage (after a random number of its checkpoints,
+  so also during saves) and while the cache is written; then finish: all
+  results and final parameters must equal an uninterrupted run bit for bit.
+  """
+  args = [*SMOKE, "--config.teacher.steps=80", "--config.student.steps=80"]
   ref = tmp_path / "ref"
-  assert _cli(*SMOKE, f"--workdir={ref}").returncode == 0
+  assert _cli(*args, f"--workdir={ref}").returncode == 0
   w = tmp_path / "killed"
-  rng, kills, outputs = random.Random(0), 0, []
-  for _ in range(12):
-    p = subprocess.Popen([sys.executable, "-m", "mtkd.main", *SMOKE,
+  rng = random.Random(0)
+  def after_saves(stage):
+    n = 5 * rng.randint(1, 12)  # checkpoint_every=5 in SMOKE.
+    return f"{stage} after step {n} was saved", lambda: _latest_saved_step(
+        w / stage / "checkpoints") >= n
+  targets = [after_saves("teachers/digit"), after_saves("teachers/digit"),
+             after_saves("teachers/parity"),
+             ("cache write", lambda: (w / "cache" / "parity").exists()),
+             after_saves("baseline"), after_saves("student")]
+  killed, outputs = [], []
+  for name, reached in targets:
+    p = subprocess.Popen([sys.executable, "-m", "mtkd.main", *args,
                           f"--workdir={w}"], cwd=ROOT, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True,
                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    time.sleep(rng.uniform(4.0, 9.0))
+    deadline = time.time() + 120
+    while p.poll() is None and not reached() and time.time() < deadline:
+      time.sleep(0.005)
+    time.sleep(rng.uniform(0.0, 0.2))
     if p.poll() is None:
       p.send_signal(signal.SIGKILL)
-      kills += 1
+      killed.append(name)
     outputs.append(p.communicate()[0])
-    if p.returncode == 0:
-      break
-  else:
-    r = _cli(*SMOKE, f"--workdir={w}")
-    assert r.returncode == 0, r.stderr[-2000:]
-  resumes = [line for o in outputs for line in o.splitlines()
-             if "resuming at step" in line]
-  print(f"\nkill -9 trial: {kills} kills; resumes: {resumes}")
-  assert kills >= 3, outputs  # The schedule really interrupted the pipeline.
-  assert any("resuming at step" in o for o in outputs)
+  r = _cli(*args, f"--workdir={w}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  resumes = [line for o in outputs + [r.stderr + r.stdout]
+             for line in o.splitlines() if "resuming at step" in line]
+  print(f"\nkill -9 trial: killed {killed}; resumes: {resumes}")
+  assert len(killed) == len(targets), outputs
+  assert len(resumes) >= 4
   assert (w / "results.json").read_bytes() == (ref / "results.json").read_bytes()
   for stage in ("teachers/digit", "teachers/parity", "baseline", "student"):
     assert _final_fingerprint(w, stage) == _final_fingerprint(ref, stage)
-  assert _cli(*SMOKE, f"--workdir={w}", "--verify").returncode == 0
+  assert _cli(*args, f"--workdir={w}", "--verify").returncode == 0
 
 
 @pytest.fixture
