@@ -102,6 +102,8 @@ def put_batch(batch, mesh: Mesh):
   axes (host-only keys such as `ids` are dropped)."""
   sharding = batch_sharding(mesh)
   device_batch = {k: v for k, v in batch.items() if k != "ids"}
+  if jax.process_count() == 1:  # One batched transfer: ~2x faster here.
+    return jax.device_put(device_batch, sharding)
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, x),
       device_batch)
