@@ -332,3 +332,43 @@ def test_no_pickle_on_load_paths():
               break
           assert "allow_pickle=False" in text[start:i], (f, text[start:i])
           start = text.find("np.load(", i)
+
+
+_KILL_MID_SAVE = r"""
+import os, signal, sys
+import orbax.checkpoint as ocp
+real = ocp.CheckpointManager.save
+def save(self, step, *a, **kw):
+  out = real(self, step, *a, **kw)  # Async: the write is now in flight.
+  if step == int(os.environ["KILL_AT_STEP"]) and "/student/" in str(
+      self.directory):
+    os.kill(os.getpid(), signal.SIGKILL)
+  return out
+ocp.CheckpointManager.save = save
+from absl import app
+from mtkd import main
+app.run(main.main)
+"""
+
+
+def test_kill9_during_a_checkpoint_write(tmp_path):
+  """SIGKILL while Orbax is writing step 10 of the student: the partial
+  write is ignored, training resumes from step 5, results are identical."""
+  args = [*SMOKE, "--config.teacher.steps=20", "--config.student.steps=20"]
+  ref = tmp_path / "ref"
+  assert _cli(*args, f"--workdir={ref}").returncode == 0
+  w = tmp_path / "w"
+  r = subprocess.run([sys.executable, "-c", _KILL_MID_SAVE, *args,
+                      f"--workdir={w}"], cwd=ROOT, capture_output=True,
+                     text=True, timeout=300,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu",
+                              KILL_AT_STEP="10"))
+  assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+  names = os.listdir(w / "student" / "checkpoints")
+  assert "10" not in names and "5" in names, names  # Step 10 never landed,
+  assert any(n.startswith("10.") for n in names), names  # but had begun.
+  r = _cli(*args, f"--workdir={w}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "student: resuming at step 5/20" in r.stdout + r.stderr
+  assert (w / "results.json").read_bytes() == (ref / "results.json").read_bytes()
+  assert _final_fingerprint(w, "student") == _final_fingerprint(ref, "student")
