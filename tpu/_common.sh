@@ -216,3 +216,12 @@ status_cmd() {
   printf 'cd "$HOME"; if [ -f %s ]; then %s; else h=$(hostname); echo "mtkd-worker ${h##*-w-}: not-installed"; fi' \
     "$ws" "$(worker_cmd status)"
 }
+
+workdir_of() {  # prints the value of --workdir in its arguments, or nothing
+  local prev="" arg
+  for arg in "$@"; do
+    case "$arg" in --workdir=*) printf '%s\n' "${arg#--workdir=}"; return ;; esac
+    if [ "$prev" = "--workdir" ]; then printf '%s\n' "$arg"; return; fi
+    prev=$arg
+  done
+}

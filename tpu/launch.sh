@@ -49,15 +49,7 @@ TPU_STOP_GRACE=${TPU_STOP_GRACE:-120}
 CMD=("${REST[@]}")
 
 # Find the workdir to warn early about a path the workers do not share.
-workdir=""
-i=0
-while [ "$i" -lt "${#CMD[@]}" ]; do
-  case "${CMD[$i]}" in
-    --workdir=*) workdir=${CMD[$i]#--workdir=} ;;
-    --workdir) [ $((i + 1)) -lt ${#CMD[@]} ] && workdir=${CMD[$((i + 1))]} ;;
-  esac
-  i=$((i + 1))
-done
+workdir=$(workdir_of "${CMD[@]}")
 [ -n "$workdir" ] || die "the command has no --workdir; mtkd needs one on a path all workers see"
 if [ -n "$TPU_BUCKET" ]; then
   case "$workdir" in

@@ -73,15 +73,7 @@ for v in "$MAX_TRIES" "$POLL" "$RETRY"; do
 done
 
 # Where results.json will appear.
-workdir=""
-i=0
-while [ "$i" -lt "${#CMD[@]}" ]; do
-  case "${CMD[$i]}" in
-    --workdir=*) workdir=${CMD[$i]#--workdir=} ;;
-    --workdir) [ $((i + 1)) -lt ${#CMD[@]} ] && workdir=${CMD[$((i + 1))]} ;;
-  esac
-  i=$((i + 1))
-done
+workdir=$(workdir_of "${CMD[@]}")
 [ -n "$workdir" ] || die "the command has no --workdir"
 RESULTS=${TPU_RESULTS:-}
 if [ -z "$RESULTS" ]; then
