@@ -94,7 +94,3 @@ def build(cfg, num_classes: Mapping[str, int]) -> MultiHead:
   trunk_cls = TRUNKS.get(cfg.name)
   return MultiHead(trunk=trunk_cls(**kwargs),
                    heads=tuple((t, int(n)) for t, n in num_classes.items()))
-
-
-def num_params(params) -> int:
-  return sum(int(p.size) for p in jax.tree.leaves(params))

@@ -26,17 +26,12 @@ from mtkd import (
 from mtkd.data import pipeline
 from mtkd.errors import UserError
 from mtkd.loop import Stage, fit
+from tests.test_experiment import _cli
 from tests.test_train import _data, _stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ["--config=configs/quickstart.py:smoke", "--config.data.name=digits",
          "--config.checkpoint_every=5"]
-
-
-def _cli(*args, timeout=300):
-  return subprocess.run([sys.executable, "-m", "mtkd.main", *args], cwd=ROOT,
-                        timeout=timeout, capture_output=True, text=True,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
 
 def _final_fingerprint(workdir, stage):

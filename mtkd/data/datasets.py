@@ -10,7 +10,6 @@ Builders are registered by name and take the `config.data` ConfigDict.
 """
 
 import dataclasses
-import hashlib
 import os
 from collections.abc import Mapping
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from mtkd.data import idx
 from mtkd.errors import UserError
+from mtkd.fingerprint import tree_fingerprint
 from mtkd.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
@@ -46,13 +46,8 @@ class Split:
 
   def fingerprint(self) -> str:
     """Content hash of inputs, labels and ids (order-sensitive)."""
-    h = hashlib.sha256()
-    for name, arr in [("x", self.x), ("ids", self.ids)] + sorted(
-        (f"y/{t}", y) for t, y in self.labels.items()):
-      arr = np.ascontiguousarray(arr)
-      h.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
-      h.update(memoryview(arr).cast("B"))
-    return h.hexdigest()[:32]
+    return tree_fingerprint({"x": self.x, "ids": self.ids,
+                             "labels": dict(self.labels)})
 
 
 @dataclasses.dataclass(frozen=True)
