@@ -49,8 +49,8 @@ def main() -> None:
       {t: rng.integers(0, 10, n).astype(np.int32) for t in tasks},
       np.arange(n))
   logits = {t: rng.normal(size=(n, 10)).astype(np.float32) for t in tasks}
-  def join(ids):
-    return {t: x[ids] for t, x in logits.items()}
+  def join(ids):  # One teacher per task: stacks [B, 1, C].
+    return {"teacher": {t: x[ids][:, None] for t, x in logits.items()}}
   specs = tuple(objectives.TaskSpec(t, 10, temperature=2.0, alpha=0.5)
                 for t in tasks)
   model = models.build(ml_collections.ConfigDict(
@@ -58,12 +58,14 @@ def main() -> None:
   tx = train.make_optimizer(ml_collections.ConfigDict(
       dict(name="adam", learning_rate=1e-3)))
   strategy = parallel.Jit(sharding.make_mesh(devices=jax.devices()[:1]))
-  init = train.make_init(model, tx, (36, 36, 1))
+  net = models.Net(model)
+  init = train.make_init(net, tx, (36, 36, 1))
   def fresh_state():  # The step donates its state: each timing gets its own.
     return strategy.init(init, jax.random.key(0))
   state = fresh_state()
+  distill = objectives.OBJECTIVES.get("distill")(None)
   step = strategy.compile(lambda ax: train.make_train_step(
-      model, tx, objectives.distill, specs, ax), state)
+      net, tx, distill, specs, axis_name=ax), state)
   key = jax.random.key(1)
   ds = pipeline.train_stream(split, split.labels, 128, 0, join=join)
   old = (grain.MapDataset.source(np.arange(n)).shuffle(seed=0).repeat()

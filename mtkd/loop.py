@@ -9,6 +9,7 @@ the data stream is indexed by step, so resuming needs no iterator state.
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 
 import flax.linen as nn
 import grain
@@ -21,14 +22,22 @@ from mtkd.data import pipeline
 from mtkd.errors import UserError
 from mtkd.metric_writers import MetricWriter, Progress
 from mtkd.objectives import Objective, TaskSpec
+from mtkd.weighting import Weighting
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """Everything that defines one training run of one model."""
+  """Everything that defines one training run of one model.
+
+  `net` is a `models.Net`; `extra(params) -> dict` builds the state's
+  non-gradient part (weighting state, online teachers); `init_params(params)
+  -> params` edits freshly initialised parameters (transfer: load a trunk)
+  and is not applied on resume. `weighting`, `augment` and `teacher` go to
+  `train.make_train_step`.
+  """
   name: str
   directory: str
-  model: nn.Module
+  net: nn.Module
   tx: optax.GradientTransformation
   objective: Objective
   tasks: tuple[TaskSpec, ...]
@@ -38,6 +47,11 @@ class Stage:
   seed: int
   input_shape: tuple[int, ...]
   config: dict  # Result-affecting settings; stored with checkpoints.
+  weighting: Weighting | None = None
+  augment: Callable | None = None
+  teacher: Callable | None = None
+  extra: Callable[[dict], dict] | None = None
+  init_params: Callable[[dict], dict] | None = None
   log_every: int = 100
   checkpoint_every: int = 1000
   nonfinite: str = "stop"  # 'stop' or 'skip' (the update) on NaN/Inf.
@@ -65,7 +79,8 @@ def fit(stage: Stage, strategy: parallel.Jit) -> train.TrainState:
                             f"{stage.name} batch_size")
   init_rng, step_rng = jax.random.split(jax.random.key(stage.seed))
   state = strategy.init(
-      train.make_init(stage.model, stage.tx, stage.input_shape), init_rng)
+      train.make_init(stage.net, stage.tx, stage.input_shape, stage.extra),
+      init_rng)
   ckpt = checkpoint.Checkpointer(os.path.join(stage.directory, "checkpoints"))
   meta = {"stage": stage.name, "config": stage.config,
           "config_hash": configs_util.fingerprint(stage.config),
@@ -83,6 +98,12 @@ def fit(stage: Stage, strategy: parallel.Jit) -> train.TrainState:
   start = 0
   if restored is not None:
     start, state, _ = restored
+  elif stage.init_params is not None:
+    # Copies: the step donates its state, and the source arrays (another
+    # stage's result) must survive.
+    shardings = jax.tree.map(lambda x: x.sharding, state.params)
+    state = state.replace(params=jax.device_put(jax.tree.map(
+        jnp.copy, stage.init_params(state.params)), shardings))
   if start >= stage.num_steps:
     ckpt.close()
     return state
@@ -92,7 +113,8 @@ def fit(stage: Stage, strategy: parallel.Jit) -> train.TrainState:
 
   step_fn = strategy.compile(
       lambda axis_name: train.make_train_step(
-          stage.model, stage.tx, stage.objective, stage.tasks, axis_name),
+          stage.net, stage.tx, stage.objective, stage.tasks, stage.weighting,
+          stage.num_steps, stage.augment, stage.teacher, axis_name),
       state)
   writer = MetricWriter(os.path.join(stage.directory, "logs"))
   progress = Progress(stage.name, stage.num_steps, start, stage.batch_size)
@@ -132,7 +154,10 @@ def _train(stage, strategy, step_fn, state, step_rng, start, ckpt, meta,
       total, count = strategy.metrics_to_host(since_save)
       loss = float(total) / float(count)
       loss = loss if math.isfinite(loss) else None
-    ckpt.save(step, strategy.from_device(state), meta, force=force, loss=loss)
+    # Orbax copies the arrays to the host in a background thread, while the
+    # next step donates (frees) `state`: hand it a copy the step never sees.
+    snapshot = jax.tree.map(jnp.copy, strategy.from_device(state))
+    ckpt.save(step, snapshot, meta, force=force, loss=loss)
 
   for batch in pipeline.iterate(stage.stream, start, stage.num_steps):
     state, metrics = step_fn(state, strategy.put_batch(batch), step_rng)

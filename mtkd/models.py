@@ -1,8 +1,15 @@
 """Multi-head Flax (Linen) models: a registered trunk plus one head per task.
 
-Trunks adapt to the input: images `[B, H, W, C]` or vectors `[B, D]`. Heads
-are Dense layers named `head_<task>`, sized by each task's class count, so a
-trunk checkpoint can be re-used with new heads by name.
+Trunks adapt to the input: images `[B, H, W, C]` or vectors `[B, D]`. They
+return `(features, blocks)`: the representation the heads read and a dict of
+named intermediate activations (what feature-level distillation can match).
+Heads are Dense layers named `head_<task>`, sized by each task's output
+count, so a trunk checkpoint can be re-used with new heads by name.
+
+`Net` wraps the exported model (`params["model"]`) with what only training
+needs: feature adaptors and, for mutual learning, peer models. Evaluation,
+caching and transfer read `params["model"]` alone, so those extras never leak
+into the exported student.
 """
 
 from collections.abc import Mapping, Sequence
@@ -10,7 +17,9 @@ from collections.abc import Mapping, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from mtkd.errors import UserError
 from mtkd.registry import Registry
 
 TRUNKS: Registry = Registry("model")
@@ -43,13 +52,15 @@ class MLP(nn.Module):
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False):
     x = x.reshape(x.shape[0], -1)
-    for width in self.hidden:
+    blocks = {}
+    for i, width in enumerate(self.hidden):
       x = nn.relu(nn.Dense(width)(x))
+      blocks[f"block_{i}"] = x
       if self.dropout:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return x
+    return x, blocks
 
 
 @TRUNKS.register("patch_cnn")
@@ -63,34 +74,101 @@ class PatchCNN(nn.Module):
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False):
     if x.ndim == 2:
       x = x[..., None]
-    for c in self.channels:
+    blocks = {}
+    for i, c in enumerate(self.channels):
       x = nn.relu(nn.Dense(c)(space_to_depth(x)))
+      blocks[f"block_{i}"] = x
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(self.dense)(x))
+    blocks[f"block_{len(self.channels)}"] = x
     if self.dropout:
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return x
+    return x, blocks
 
 
 class MultiHead(nn.Module):
-  """A shared trunk and one linear head per task; returns {task: logits}."""
+  """A shared trunk and one linear head per task; returns {task: logits}.
+
+  With `with_features`, returns `(logits, blocks)` where `blocks` holds the
+  trunk's intermediate activations plus `representation` (the trunk output).
+  """
   trunk: nn.Module
-  heads: tuple[tuple[str, int], ...]  # (task, num_classes); hashable.
+  heads: tuple[tuple[str, int], ...]  # (task, num_outputs); hashable.
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-    features = self.trunk(x, train=train)
-    return {task: nn.Dense(n, name=f"head_{task}")(features)
-            for task, n in self.heads}
+  def __call__(self, x: jax.Array, train: bool = False,
+               with_features: bool = False):
+    features, blocks = self.trunk(x, train=train)
+    logits = {task: nn.Dense(n, name=f"head_{task}")(features)
+              for task, n in self.heads}
+    if with_features:
+      return logits, dict(blocks, representation=features)
+    return logits
+
+
+def flatten(x: jax.Array) -> jax.Array:
+  return x.reshape(x.shape[0], -1)
+
+
+class Net(nn.Module):
+  """What a training stage optimises: the exported `model` plus extras.
+
+  `adaptors`: (target, dim) pairs; each is a linear map (a 1x1 convolution
+  on flattened features, as in Li & Bilen 2020) from the student's
+  `feature_layer` to one teacher's feature space. `peers`: extra copies of
+  the model trained alongside (deep mutual learning). Output:
+  `{"logits": {task: ...}, "features": {target: [B, dim]},
+  "peers": ({task: ...}, ...)}`.
+  """
+  model: MultiHead
+  feature_layer: str = ""
+  adaptors: tuple[tuple[str, int], ...] = ()
+  peers: int = 0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> dict:
+    if self.adaptors:
+      logits, blocks = self.model(x, train=train, with_features=True)
+    else:
+      logits = self.model(x, train=train)
+    out = {"logits": logits}
+    if self.adaptors:
+      if self.feature_layer not in blocks:
+        raise ValueError(f"Unknown feature layer {self.feature_layer!r}; the "
+                         f"student has {sorted(blocks)}.")
+      f = flatten(blocks[self.feature_layer])
+      out["features"] = {name: nn.Dense(dim, name=f"adaptor_{name}")(f)
+                         for name, dim in self.adaptors}
+    if self.peers:
+      out["peers"] = tuple(self.model.clone(
+        parent=self, name=f"peer_{i}", _deep_clone=True)(x, train=train)
+                           for i in range(self.peers))
+    return out
+
+
+def feature_dims(model: MultiHead, input_shape, layer: str) -> int:
+  """Flattened size of `layer`'s activation for one example."""
+  def f(x):
+    return model.init_with_output(jax.random.key(0), x, with_features=True)
+  (_, blocks), _ = jax.eval_shape(f, jnp.zeros((1, *input_shape)))
+  if layer not in blocks:
+    raise UserError(f"Feature layer {layer!r} does not exist; this model "
+                    f"has {sorted(blocks)}. Fix config.feature.layer.")
+  shape = blocks[layer].shape
+  return int(np.prod(shape[1:]))
 
 
 def build(cfg, num_classes: Mapping[str, int]) -> MultiHead:
   """Model from a config `{name, **trunk kwargs}` and per-task class counts."""
   kwargs = {k: (tuple(v) if isinstance(v, list | tuple) else v)
             for k, v in cfg.items() if k != "name"}
-  trunk_cls = TRUNKS.get(cfg.name)
+  trunk_cls = TRUNKS.get(cfg["name"])
   return MultiHead(trunk=trunk_cls(**kwargs),
                    heads=tuple((t, int(n)) for t, n in num_classes.items()))
+
+
+# Registers the text trunks (they import TRUNKS from here).
+from mtkd import text_models  # noqa: E402,F401

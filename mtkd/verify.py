@@ -4,7 +4,7 @@ Checks each checkpoint of each stage (it restores and its bytes hash to the
 fingerprint saved with it), each teacher cache (complete, every file's
 checksum, examples and ids against the configured dataset, teacher
 fingerprint against the teacher's final checkpoint) and results.json (one
-entry per task with teacher, baseline and student metrics).
+entry per task with teacher, baseline and every student stage).
 """
 
 import glob
@@ -18,15 +18,21 @@ from mtkd.errors import UserError
 from mtkd.fingerprint import tree_fingerprint
 
 
-def _stage_dirs(workdir: str) -> list[str]:
-  return sorted(glob.glob(os.path.join(workdir, "teachers", "*"))) + [
-      os.path.join(workdir, s) for s in ("baseline", "student")]
+def _student_runs(config) -> list[str]:
+  from mtkd import experiment  # Deferred: verify must not pull in training.
+  return ["baseline", *experiment.student_stages(config)]
 
 
-def _check_checkpoints(workdir: str, problems: list[str]) -> dict[str, str]:
+def _stage_dirs(config, workdir: str, teacher_root: str) -> list[str]:
+  return sorted(glob.glob(os.path.join(teacher_root, "teachers", "*"))) + [
+      os.path.join(workdir, s) for s in ("source", *_student_runs(config))]
+
+
+def _check_checkpoints(config, workdir: str, teacher_root: str,
+                       problems: list[str]) -> dict[str, str]:
   """Checks every step; returns {teacher name: final params fingerprint}."""
   teacher_fps = {}
-  for stage_dir in _stage_dirs(workdir):
+  for stage_dir in _stage_dirs(config, workdir, teacher_root):
     directory = os.path.join(stage_dir, "checkpoints")
     if not os.path.isdir(directory):
       continue
@@ -40,15 +46,17 @@ def _check_checkpoints(workdir: str, problems: list[str]) -> dict[str, str]:
     if good and os.path.basename(os.path.dirname(stage_dir)) == "teachers":
       state, _ = ckpt.restore(good[-1], None)
       teacher_fps[os.path.basename(stage_dir)] = tree_fingerprint(
-          state["params"])
+          state["params"]["model"])
     ckpt.close()
   return teacher_fps
 
 
-def _check_caches(workdir: str, ds: datasets.Dataset | None,
+def _check_caches(teacher_root: str, ds: datasets.Dataset | None,
                   teacher_fps: dict[str, str], problems: list[str]) -> None:
-  for directory in sorted(glob.glob(os.path.join(workdir, "cache", "*", "*"))):
+  for directory in sorted(glob.glob(os.path.join(teacher_root, "cache", "*",
+                                                 "*"))):
     teacher, split_name = directory.split(os.sep)[-2:]
+    teacher = teacher.split("-feat_")[0]  # Caches that also hold features.
     if cache.read_metadata(directory) is None:
       problems.append(f"teacher cache {directory} is incomplete (no "
                       "metadata.json); re-run the command to finish it.")
@@ -67,7 +75,7 @@ def _check_caches(workdir: str, ds: datasets.Dataset | None,
 
 
 def _check_results(workdir: str, ds: datasets.Dataset | None,
-                   problems: list[str]) -> None:
+                   runs: list[str], problems: list[str]) -> None:
   path = os.path.join(workdir, "results.json")
   if not os.path.isfile(path):
     return
@@ -81,9 +89,9 @@ def _check_results(workdir: str, ds: datasets.Dataset | None,
     problems.append(f"{path} has tasks {sorted(results)}, the config's data "
                     f"has {sorted(ds.tasks)}.")
   for task, models in results.items():
-    for model in ("teacher", "baseline", "student"):
+    for model in ("teacher", *runs):
       m = models.get(model, {}) if isinstance(models, dict) else {}
-      acc, loss = m.get("accuracy"), m.get("loss")
+      acc, loss = m.get("accuracy", 0.0), m.get("loss")
       if not (isinstance(acc, float | int) and 0 <= acc <= 1 and
               isinstance(loss, float | int) and math.isfinite(loss)):
         problems.append(f"{path}: {task}/{model} lacks a valid accuracy and "
@@ -101,7 +109,8 @@ def verify_workdir(config, workdir: str) -> list[str]:
     ds = None
     problems.append(f"cannot load the configured dataset to check caches "
                     f"against: {e}")
-  teacher_fps = _check_checkpoints(workdir, problems)
-  _check_caches(workdir, ds, teacher_fps, problems)
-  _check_results(workdir, ds, problems)
+  teacher_root = config.teacher.get("workdir") or workdir
+  teacher_fps = _check_checkpoints(config, workdir, teacher_root, problems)
+  _check_caches(teacher_root, ds, teacher_fps, problems)
+  _check_results(workdir, ds, _student_runs(config), problems)
   return problems

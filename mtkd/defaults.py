@@ -1,0 +1,132 @@
+"""The full default config every `configs/*.py` file starts from.
+
+Config files set only what their experiment changes, so every key exists in
+every config (and `--config.x.y=...` works everywhere). Values here are the
+quickstart's: MultiFashion, per-task CNN teachers, an MLP student with 1000
+labels and a transfer set, plain KD.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.mesh = (("data", -1),)  # Add ("fsdp", n) to shard large parameters.
+  c.parallel = ml_collections.ConfigDict(dict(
+      strategy="jit",          # 'jit' (NamedSharding) or 'pmap'.
+      fsdp_min_size=2**14,     # Arrays this large are split over 'fsdp'.
+      distributed=False,       # Multi-process: jax.distributed.initialize().
+      coordinator_address="",  # Only outside TPU VMs / SLURM: HOST:PORT,
+      num_processes=0,         # with the process count
+      process_id=-1,           # and this process's index.
+  ))
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="multifashion",
+      dir="",             # Directory of IDX files ('' = Debian's location).
+      path="",            # For name='npz'.
+      num_labeled=1000,   # Labels the student sees; -1 = all.
+      label_seed=0,
+      transfer_set=True,  # Unlabelled rest of train: KD targets only.
+      max_train=0,        # > 0 trims the splits (smoke runs).
+      max_test=0,
+  ))
+
+  c.teacher = ml_collections.ConfigDict(dict(
+      kind="single",      # 'single': one teacher per task; 'multi': one.
+      model=dict(name="patch_cnn", channels=(32, 64), dense=256),
+      optimizer=dict(name="adam", learning_rate=1e-3),
+      steps=938,          # 2 epochs of 60k at batch 128.
+      batch_size=128,
+      workdir="",         # Re-use teachers and caches from another workdir.
+      ensemble=1,         # Members per teacher (seeds seed, seed+1, ...).
+      models={},          # Per-teacher architecture overrides: {name: model}.
+      init="",            # 'source': start from the source model's trunk.
+      augment=dict(max_shift=0, noise=0.0),
+  ))
+
+  c.student = ml_collections.ConfigDict(dict(
+      model=dict(name="mlp", hidden=(128,)),
+      optimizer=dict(name="adam", learning_rate=1e-3),
+      steps=1500,         # Default step count of each student stage.
+      batch_size=128,
+      augment=dict(max_shift=0, noise=0.0),  # In-step augmentation.
+      # Stages in order: {name: {objective, steps (-1: student.steps), data
+      # ('all': with the transfer set; 'labelled'), init ('', 'source' or an
+      # earlier stage), init_parts ('trunk'/'model'), freeze (''/'trunk'),
+      # teacher_mode ('cached'/'online')}}. The baseline (labels only, the
+      # stages' total steps) always runs first.
+      stages=dict(student=dict(objective="distill")),
+  ))
+
+  # Loss per task: alpha*T^2*KL + (1-alpha)*CE on labelled examples, T^2*KL
+  # on transfer examples; per-task overrides go in `tasks`.
+  c.distill = ml_collections.ConfigDict(dict(temperature=2.0, alpha=0.5))
+  c.tasks = ml_collections.ConfigDict()  # {task: {weight, temperature, alpha}}
+  c.cache = ml_collections.ConfigDict(dict(
+      dtype="float32",     # Or 'float16' (half the bytes, slower reads).
+      shard_size=16384,    # Examples per shard (unit of resume and writes).
+  ))
+
+  # Objective settings (used by the stages that name the objective).
+  c.dkd = ml_collections.ConfigDict(dict(alpha=1.0, beta=8.0,
+                                         warmup_steps=0))
+  c.anneal = ml_collections.ConfigDict(dict(schedule="linear", fixed=0.5))
+  c.feature = ml_collections.ConfigDict(dict(
+      layer="representation",          # Student layer fed to the adaptors.
+      teacher_layer="representation",  # Teacher layer cached as the target.
+      loss="normalized_l2",            # Or 'hint' (FitNets, 0.5*||.||^2).
+      fusion="none",                   # 'concat': one fused target.
+      weight=1.0,                      # Of each feature term.
+      logits=True,                     # Also logit KD (else labels only).
+  ))
+  c.mutual = ml_collections.ConfigDict(dict(peers=1, temperature=1.0,
+                                            kl_weight=1.0, aux_weight=1.0))
+  # Multi-task weighting of the terms (tasks, plus feature terms).
+  c.weighting = ml_collections.ConfigDict(dict(
+      name="fixed",  # equal | fixed (config.tasks weights) | uncertainty |
+                     # dwa | gradnorm | pcgrad.
+      learning_rate=1e-3,  # uncertainty and gradnorm: their weights' step.
+      alpha=1.5,          # gradnorm.
+      temperature=2.0,    # dwa.
+      period=100,         # dwa: steps per "epoch".
+      init_log_var=-0.5,  # uncertainty.
+  ))
+  # Transfer: a model trained on a source dataset (steps > 0 enables it).
+  c.source = ml_collections.ConfigDict(dict(
+      data=dict(name="fashion_mnist", dir="", path="", max_train=0,
+                max_test=0),
+      model=dict(name="mlp", hidden=(128,)),
+      optimizer=dict(name="adam", learning_rate=1e-3),
+      steps=0,
+      batch_size=128,
+  ))
+
+  c.nonfinite = "stop"  # NaN/Inf loss or gradient: 'stop', or 'skip' update.
+  c.eval_batch_size = 1000
+  c.log_every = 100
+  c.checkpoint_every = 500
+
+  return c
+
+
+def smoke(c: ml_collections.ConfigDict, data: str = "digits"
+          ) -> ml_collections.ConfigDict:
+  """Shrinks a config to a CI smoke run (seconds, on `data`)."""
+  c.data.name = data
+  c.data.max_train = 2048
+  c.data.max_test = 512
+  c.data.num_labeled = 256
+  c.teacher.steps = 40
+  c.teacher.batch_size = 64
+  c.student.steps = 40
+  c.student.batch_size = 64
+  c.eval_batch_size = 256
+  c.cache.shard_size = 1024
+  c.log_every = 20
+  c.checkpoint_every = 20
+  c.source.steps = min(c.source.steps, 40)
+  c.source.batch_size = 64
+  c.source.data.max_train = 2048
+  return c

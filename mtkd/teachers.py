@@ -1,0 +1,129 @@
+"""Which teachers exist, and how the student reads them (cached or online).
+
+A teacher *layout* (registry) maps the dataset's tasks to teacher groups:
+'single' gives one single-task teacher per task (cross-task KD), 'multi' one
+multi-task teacher. Each group has `config.teacher.ensemble` members (seeds
+seed, seed+1, ...); a task's KD target averages its members' predictions in
+probability space (`mtkd.tasks`, `losses.*_kd` take the `[B, K, out]` stack).
+`config.teacher.models` overrides the architecture per group, so per-task
+teachers may differ.
+
+Two ways to deliver teacher outputs to a step, with the same batch layout
+(`teacher = {task: [B, K, out]}`, `teacher_features = {group: [B, D]}`):
+`CachedJoin` reads them from the on-disk caches by example id;
+`online(...)` runs the frozen teachers inside the step on the step's
+(possibly augmented) inputs. Feature targets come from each group's first
+member (features of independently trained members are not aligned, so
+averaging them would be meaningless).
+"""
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtkd import cache, configs_util, models
+from mtkd.errors import UserError
+from mtkd.registry import Registry
+
+LAYOUTS: Registry = Registry("teacher layout")
+LAYOUTS.register("multi")(lambda tasks: {"multi": tuple(tasks)})
+LAYOUTS.register("single")(lambda tasks: {t: (t,) for t in tasks})
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One teacher network: a member of a group, covering the group's tasks."""
+  name: str          # Unique: the group, plus `_<i>` for ensemble members.
+  group: str
+  index: int         # Position within the group's ensemble.
+  tasks: tuple[str, ...]
+  model_cfg: dict
+  seed: int
+
+  def fingerprint_config(self) -> str:
+    return configs_util.fingerprint({"model": self.model_cfg,
+                                     "tasks": list(self.tasks)})[:10]
+
+
+def members(config, tasks: tuple[str, ...]) -> list[Member]:
+  """The teachers `config.teacher` declares, in a fixed order."""
+  t = config.teacher
+  overrides = configs_util.to_dict(t.get("models") or {})
+  layout = LAYOUTS.get(t.kind)(tasks)
+  unknown = sorted(set(overrides) - set(layout))
+  if unknown:
+    raise UserError(f"config.teacher.models names {unknown}, which are not "
+                    f"teachers of layout {t.kind!r} (its teachers: "
+                    f"{sorted(layout)}).")
+  n = int(t.get("ensemble", 1))
+  if n < 1:
+    raise UserError(f"config.teacher.ensemble is {n}; it must be >= 1.")
+  out = []
+  for group, group_tasks in layout.items():
+    cfg = overrides.get(group) or configs_util.to_dict(t.model)
+    for i in range(n):
+      out.append(Member(name=group if n == 1 else f"{group}_{i}", group=group,
+                        index=i, tasks=tuple(group_tasks), model_cfg=cfg,
+                        seed=config.seed + i))
+  return out
+
+
+def stacks(members_: list[Member], tasks: tuple[str, ...]
+           ) -> dict[str, list[str]]:
+  """task -> names of the members that predict it (the K of [B, K, out])."""
+  return {task: [m.name for m in members_ if task in m.tasks]
+          for task in tasks}
+
+
+def feature_sources(members_: list[Member]) -> dict[str, str]:
+  """group -> the member whose features are the group's feature target."""
+  return {m.group: m.name for m in members_ if m.index == 0}
+
+
+class CachedJoin:
+  """Example ids -> teacher stacks and features, from per-member caches."""
+
+  def __init__(self, caches: Mapping[str, cache.LogitCache],
+               by_task: Mapping[str, list[str]],
+               features: Mapping[str, str] | None = None,
+               layer: str = ""):
+    self.caches, self.by_task = caches, by_task
+    self.features, self.layer = features or {}, layer
+
+  def __call__(self, ids: np.ndarray) -> dict:
+    looked = {name: c.lookup(ids) for name, c in self.caches.items()}
+    out = {"teacher": {task: np.stack([looked[n][task] for n in names], 1)
+                       for task, names in self.by_task.items()}}
+    if self.features:
+      out["teacher_features"] = {
+          group: looked[name][f"feat_{self.layer}"]
+          for group, name in self.features.items()}
+    return out
+
+
+def online(nets: Mapping[str, models.MultiHead],
+           by_task: Mapping[str, list[str]],
+           features: Mapping[str, str] | None = None,
+           layer: str = "") -> Callable:
+  """`(teacher params {member: params}, inputs) -> (stacks, features)`,
+  computed in the step with gradients stopped."""
+  features = features or {}
+
+  def apply(params, inputs):
+    logits, feats = {}, {}
+    for name, net in nets.items():
+      if name in features.values():
+        logits[name], blocks = net.apply({"params": params[name]}, inputs,
+                                         train=False, with_features=True)
+        feats[name] = models.flatten(blocks[layer])
+      else:
+        logits[name] = net.apply({"params": params[name]}, inputs,
+                                 train=False)
+    stack = {task: jnp.stack([logits[n][task] for n in names], 1)
+             for task, names in by_task.items()}
+    out_features = {g: feats[n] for g, n in features.items()}
+    return jax.lax.stop_gradient((stack, out_features))
+  return apply

@@ -1,0 +1,78 @@
+"""Text trunks over token ids `[B, L]` (PAD = 0), registered in TRUNKS.
+
+mtkd's input pipeline casts every input to float32, so the trunks cast ids
+back to int32 (exact below 2^24). Invariant: appending PAD tokens never
+changes the features (pads are masked out of every reduction, and the
+convolution sees zeros at pad positions exactly as at the sequence edge).
+Ids at or above `vocab_size` are read as UNK (1) rather than gathered out
+of bounds. `vocab_size` must match the dataset's (`config.data.vocab_size`
+for `rotten_tomatoes`). Importing this module registers the trunks.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mtkd.models import TRUNKS
+
+PAD, UNK = 0, 1
+
+
+def token_ids(x: jax.Array, vocab_size: int) -> tuple[jax.Array, jax.Array]:
+  """int32 ids (out-of-vocabulary -> UNK) and the non-pad mask, [B, L]."""
+  ids = x if jnp.issubdtype(x.dtype, jnp.integer) else jnp.rint(x)
+  ids = ids.astype(jnp.int32)
+  mask = ids != PAD
+  return jnp.where(ids < vocab_size, ids, UNK), mask
+
+
+def _features(x: jax.Array, hidden: int, dropout: float,
+              train: bool) -> jax.Array:
+  """Dense + ReLU (+ dropout); call inside a compact method."""
+  x = nn.relu(nn.Dense(hidden)(x))
+  if dropout:
+    x = nn.Dropout(dropout, deterministic=not train)(x)
+  return x
+
+
+@TRUNKS.register("text_cnn")
+class TextCNN(nn.Module):
+  """Embedding, a width-`width` 1-D convolution + ReLU, masked max-pool over
+  non-pad tokens, Dense + ReLU. Returns (features [B, hidden], blocks)."""
+  vocab_size: int = 10000
+  embed_dim: int = 64
+  channels: int = 128
+  width: int = 3
+  hidden: int = 128
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False):
+    ids, mask = token_ids(x, self.vocab_size)
+    m = mask[..., None].astype(jnp.float32)
+    e = nn.Embed(self.vocab_size, self.embed_dim)(ids) * m
+    h = nn.relu(nn.Conv(self.channels, (self.width,), padding="SAME")(e))
+    # ReLU output is >= 0, so zeroing pads then taking the max equals the
+    # max over non-pad positions; an all-pad row gives 0, not -inf.
+    pooled = jnp.max(h * m, axis=1)
+    return (_features(pooled, self.hidden, self.dropout, train),
+            {"pooled": pooled})
+
+
+@TRUNKS.register("bag_of_embeddings")
+class BagOfEmbeddings(nn.Module):
+  """Mean of the non-pad tokens' embeddings, Dense + ReLU. Returns
+  (features [B, hidden], blocks); an all-pad row averages to zeros."""
+  vocab_size: int = 10000
+  embed_dim: int = 64
+  hidden: int = 128
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False):
+    ids, mask = token_ids(x, self.vocab_size)
+    m = mask[..., None].astype(jnp.float32)
+    e = nn.Embed(self.vocab_size, self.embed_dim)(ids)
+    mean = jnp.sum(e * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+    return (_features(mean, self.hidden, self.dropout, train),
+            {"mean_embedding": mean})

@@ -1,0 +1,103 @@
+"""Every method config runs end to end in its smoke form (the CI smoke runs).
+
+Runs share teachers through `config.teacher.workdir`, keyed by the settings
+that define the teachers, so each teacher set trains once per session. Each
+run must finish, write results for every task and model, and produce finite
+metrics; method-specific invariants are checked where a smoke run can show
+them (a frozen trunk does not move, a cascade's second stage starts from the
+first, online and cached teachers give the same teacher).
+"""
+
+import importlib.util
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from mtkd import configs_util, experiment
+from mtkd.checkpoint import Checkpointer
+from mtkd.fingerprint import tree_fingerprint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNS = [
+    ("kd_multi_teacher", None), ("kd_cross_task", None),
+    ("kd_task_level", None), ("kd_feature", None), ("kd_feature", "fusion"),
+    ("kd_shared_rep", None), ("kd_cascade", None), ("transfer", "frozen"),
+    ("transfer", "kd"), ("dml", None), ("dml", "aux_only"), ("bam", None),
+    ("dkd", None), ("online_teacher", None),
+    ("weighting", "method=uncertainty"), ("weighting", "method=dwa"),
+    ("weighting", "method=gradnorm"), ("weighting", "method=pcgrad"),
+]
+
+
+def load_config(name, arg=None):
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(ROOT, "configs", f"{name}.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(",".join(filter(None, ["smoke", arg])))
+
+
+@pytest.fixture(scope="module")
+def teacher_root(tmp_path_factory):
+  return tmp_path_factory.mktemp("teachers")
+
+
+def run(name, arg, teacher_root, tmp_path):
+  c = load_config(name, arg)
+  if c.teacher.model.name == "patch_cnn":  # Smaller and faster to compile.
+    c.teacher.model = dict(name="mlp", hidden=(64,))
+    if c.source.model.name == "patch_cnn":
+      c.source.model = dict(c.teacher.model)
+  key = configs_util.fingerprint({"data": c.data, "teacher": c.teacher,
+                                  "source": c.source, "seed": c.seed})
+  c.teacher.workdir = str(teacher_root / key)
+  c.student.steps = 16
+  c.teacher.steps = 24
+  c.log_every, c.checkpoint_every = 8, 1000  # Saves: the final one only.
+  for s in c.student.stages.values():
+    if s.get("steps", -1) > 0:
+      s.steps = 8
+  w = str(tmp_path / "w")
+  return c, w, experiment.run(c, w)
+
+
+@pytest.mark.parametrize("name, arg", RUNS,
+                         ids=[f"{n}:{a}" if a else n for n, a in RUNS])
+def test_method_smoke_run(name, arg, teacher_root, tmp_path):
+  c, w, results = run(name, arg, teacher_root, tmp_path)
+  stages = list(experiment.student_stages(c))
+  for task, rows in results.items():
+    assert set(rows) == {"teacher", "baseline", *stages}, task
+    for model, metrics in rows.items():
+      for k, v in metrics.items():
+        assert math.isfinite(v), (task, model, k)
+  summary = json.load(open(os.path.join(w, "summary.json")))
+  assert set(summary["delta_m_vs_baseline"]) == set(stages)
+
+  if name == "transfer" and arg == "frozen":
+    # The frozen trunk equals the source trunk; the heads moved.
+    src = _final(os.path.join(w, "source"))[0]["params"]["model"]
+    got = _final(os.path.join(w, "student"))[0]["params"]["model"]
+    for a, b in zip(jax.tree.leaves(src["trunk"]),
+                    jax.tree.leaves(got["trunk"]), strict=True):
+      np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(src["head_digit"]["kernel"][:, :3],
+                              got["head_digit"]["kernel"][:, :3])
+  if name == "kd_cascade":
+    # Stage 2 records (and so started from) stage 1's final model.
+    distilled = _final(os.path.join(w, "distill"))[0]["params"]["model"]
+    meta = _final(os.path.join(w, "finetune"))[1]
+    assert meta["config"]["init_from"] == tree_fingerprint(distilled)
+
+
+def _final(stage_dir):
+  """(state as saved, meta) of a stage's latest checkpoint."""
+  ckpt = Checkpointer(os.path.join(stage_dir, "checkpoints"))
+  try:
+    return ckpt.restore(ckpt.latest_step())
+  finally:
+    ckpt.close()

@@ -1,0 +1,148 @@
+"""Every repro config runs in its smoke form, and each driver's report is
+built from the resulting workdirs (tables and PNGs).
+
+Runs are in-process and shrunk further as in tests/test_methods.py; the
+workdirs are laid out as the drivers lay them out, so the drivers' report
+code runs on real results. An experiment whose dataset is absent skips.
+"""
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+from mtkd import experiment
+from mtkd.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+
+import repro_common as rc  # noqa: E402
+import repro_hinton  # noqa: E402
+import repro_multifashion  # noqa: E402
+import repro_other_data  # noqa: E402
+import repro_text  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def shrink(c):
+  """Fewer steps and a small teacher: seconds per run."""
+  if c.teacher.model.name == "patch_cnn":
+    c.teacher.model = dict(name="mlp", hidden=(32,))
+  c.student.steps, c.teacher.steps = 16, 24
+  c.log_every, c.checkpoint_every = 8, 1000
+  for s in c.student.stages.values():
+    if s.get("steps", -1) > 0:
+      s.steps = 8
+  return c
+
+
+def smoke_run(name, arg, root, sub, overrides, allow_change=False):
+  """Runs configs/<name>.py:<arg>,smoke into <root>/<sub>; teachers shared
+  per seed and teacher setting, as the drivers share them."""
+  c = rc.apply(rc.load_config(name, ",".join(filter(None, [arg, "smoke"]))),
+               overrides)
+  shrink(c)
+  key = rc.teacher_key(name, ",".join(filter(None, [arg, "smoke"])),
+                       overrides)
+  c.teacher.workdir = os.path.join(root, os.path.dirname(sub), "teachers",
+                                   key)
+  try:
+    return experiment.run(c, os.path.join(root, sub),
+                          allow_config_change=allow_change)
+  except UserError as e:
+    if "not found" in str(e) or "not installed" in str(e):
+      pytest.skip(f"dataset absent: {e}")
+    raise
+
+
+def _png(path):
+  with open(path, "rb") as f:
+    return f.read(8) == PNG
+
+
+def test_all_repro_configs_load():
+  for m in repro_multifashion.METHODS:
+    c = rc.load_config("repro_multifashion", f"method={m}")
+    total = sum(s.get("steps", -1) if s.get("steps", -1) > 0 else
+                c.student.steps for s in c.student.stages.values())
+    assert total == 500, m  # One student budget for every strategy.
+  for m in repro_other_data.METHODS:
+    rc.load_config("repro_other_data", f"method={m}")
+  for name in ("repro_hinton", "repro_text"):
+    rc.load_config(name)
+
+
+def test_hinton_smoke_and_report(tmp_path):
+  root = str(tmp_path)
+  res = {}
+  for t in (20.0, 2.0):
+    sub = f"hinton/T{t:g}_s0"
+    allow = t != 20.0
+    if allow:  # The driver's re-use of the first T's baseline.
+      repro_hinton.reuse_baseline(os.path.join(root, "hinton/T20_s0"),
+                                  os.path.join(root, sub))
+    res[t] = smoke_run("repro_hinton", "", root, sub,
+                       {"seed": 0, "distill.temperature": t}, allow)
+  for task in res[20.0]:
+    assert res[2.0][task]["baseline"] == res[20.0][task]["baseline"]
+    assert res[2.0][task]["teacher"] == res[20.0][task]["teacher"]
+  figs = tmp_path / "figs"
+  repro_hinton.write_reports(root, str(figs))
+  md = (figs / "hinton" / "report.md").read_text()
+  assert "gap closed" in md and "| 20 | 1 |" in md and "| 2 | 1 |" in md
+  assert _png(figs / "hinton" / "accuracy_vs_T.png")
+
+
+def test_multifashion_drivers_smoke_and_report(tmp_path):
+  root = str(tmp_path)
+  for m in ("bam", "online_cached"):
+    smoke_run("repro_multifashion", f"method={m}", root,
+              f"multifashion/{m}_s0", {"seed": 0})
+  figs = tmp_path / "figs"
+  repro_multifashion.write_reports(root, str(figs))
+  md = (figs / "strategies" / "report.md").read_text()
+  assert "| bam | 1 |" in md and "| online_cached | 1 |" in md
+  assert "agreement" in (figs / "online_teacher" / "report.md").read_text()
+  assert _png(figs / "strategies" / "accuracy_by_method.png")
+  summary = json.load(open(tmp_path / "multifashion/bam_s0/summary.json"))
+  assert "student" in summary["delta_m_vs_baseline"]
+
+
+def test_text_smoke_and_report(tmp_path):
+  root = str(tmp_path)
+  smoke_run("repro_text", "", root, "text/rt_s0", {"seed": 0})
+  figs = tmp_path / "figs"
+  repro_text.write_reports(root, str(figs))
+  md = (figs / "text" / "report.md").read_text()
+  assert "| subjective | 1 |" in md and "| polarity | 1 |" in md
+
+
+def test_other_data_smoke_and_report(tmp_path):
+  root = str(tmp_path)
+  smoke_run("repro_other_data", "method=task_level", root,
+            "other_data/task_level_s0", {"seed": 0})
+  figs = tmp_path / "figs"
+  repro_other_data.write_reports(root, str(figs))
+  md = (figs / "other_data" / "report.md").read_text()
+  assert "| task_level | ink | mse | 1 |" in md
+
+
+@pytest.mark.parametrize("name", ["repro_hinton", "repro_multifashion",
+                                  "repro_text", "repro_other_data"])
+def test_driver_report_only_on_empty_root(tmp_path, name):
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(ROOT, "experiments", f"{name}.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  argv = ["--root", str(tmp_path), "--figures", str(tmp_path / "f"),
+          "--report_only"]
+  if name == "repro_text":  # Its reference rules load the corpus.
+    mod.write_reports(str(tmp_path), str(tmp_path / "f"))
+  else:
+    assert mod.main(argv) == 0
+  assert not (tmp_path / "f").exists() or not any(
+      p.name == "report.md" for p in (tmp_path / "f").rglob("*"))
