@@ -291,10 +291,12 @@ def _save(fig, out_path: str) -> str:
 
 def plot_metric_vs(records: Sequence[dict], x_key: str, out_path: str,
                    metric: str = "accuracy",
-                   models: Sequence[str] | None = None) -> str | None:
+                   models: Sequence[str] | None = None,
+                   xscale: str = "linear") -> str | None:
   """`metric` (mean ± std error bars) against the config value at `x_key`,
   one panel per task and one line per model; None if no record has x.
-  Non-numeric x values are placed at evenly spaced categorical positions."""
+  Non-numeric x values are placed at evenly spaced categorical positions.
+  `xscale`: matplotlib's x scale for numeric x ('log' for temperatures)."""
   rows = [r for r in table(records, (x_key,), metric)
           if r["group"][x_key] is not None
           and (models is None or r["model"] in models)]
@@ -307,7 +309,10 @@ def plot_metric_vs(records: Sequence[dict], x_key: str, out_path: str,
   tasks = list(dict.fromkeys(r["task"] for r in rows))
   scale = 100.0 if metric.split("-")[0] in PERCENT else 1.0
   plt = _pyplot()
-  fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4),
+  # Categorical x: markers only (no line between unrelated categories),
+  # wider panels and slanted labels when there are many categories.
+  width = 4.5 if numeric else max(4.5, 0.45 * len(xs) + 1.5)
+  fig, axes = plt.subplots(1, len(tasks), figsize=(width * len(tasks), 4),
                            squeeze=False)
   for ax, task in zip(axes[0], tasks, strict=True):
     for model in dict.fromkeys(r["model"] for r in rows if r["task"] == task):
@@ -315,9 +320,16 @@ def plot_metric_vs(records: Sequence[dict], x_key: str, out_path: str,
       ax.errorbar([pos[r["group"][x_key]] for r in sel],
                   [r["mean"] * scale for r in sel],
                   yerr=[0 if r["n"] < 2 else r["std"] * scale for r in sel],
-                  marker="o", capsize=3, label=model)
+                  marker="o", capsize=3, label=model,
+                  linestyle="-" if numeric else "none")
     if not numeric:
-      ax.set_xticks(range(len(xs)), [str(v) for v in xs])
+      ax.set_xticks(range(len(xs)), [str(v) for v in xs],
+                    rotation=45 if len(xs) > 3 else 0,
+                    ha="right" if len(xs) > 3 else "center")
+    elif xscale != "linear":
+      ax.set_xscale(xscale)
+      ax.set_xticks(xs, [f"{v:g}" for v in xs])
+      ax.minorticks_off()
     ax.set_title(task)
     ax.set_xlabel(x_key)
     ax.set_ylabel(metric + (" %" if scale == 100 else ""))

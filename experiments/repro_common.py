@@ -225,3 +225,21 @@ def parser(doc: str) -> argparse.ArgumentParser:
 
 def seeds(args) -> list[int]:
   return [int(s) for s in args.seeds.split(",") if s]
+
+
+def wall_time_line(workdirs: Iterable[str]) -> str:
+  """'Wall time: sum of timings.json totals ...' for a report."""
+  totals, teachers = [], []
+  for wd in report.expand(workdirs):
+    t = load_json(os.path.join(wd, "timings.json"))
+    if t:
+      totals.append(t.get("total", 0.0))
+      teachers.append(t.get("teachers", 0.0) + t.get("source", 0.0))
+  if not totals:
+    return "Wall time: no timings.json found."
+  return (f"Wall time (sum of the runs' timings.json `total`, 2-core CPU "
+          f"shared with other jobs): {sum(totals) / 60:.1f} min over "
+          f"{len(totals)} runs, of which teacher/source stages "
+          f"{sum(teachers) / 60:.1f} min (a run that re-uses teachers spends "
+          "seconds there; one that was interrupted and resumed counts only "
+          "the resumed part).")

@@ -1,14 +1,16 @@
 """Hinton et al. (2015) section 3 on Fashion-MNIST: T sweep over 3 seeds.
 
-Runs configs/repro_hinton.py for every (T, seed), workdir
-`<root>/hinton/T<T>_s<seed>`, one teacher per seed shared across the
-temperatures (`<root>/hinton/teachers/s<seed>`), then writes
+Runs configs/repro_hinton.py:shift=0 for every (T, seed), workdir
+`<root>/hinton_shift0/T<T>_s<seed>`, one teacher per seed shared across the
+temperatures (`<root>/hinton_shift0/teachers/s<seed>`; `--shift 2`: the
+paper's jitter, in `<root>/hinton/`), then writes
 experiments/figures/hinton/: report.md (test errors out of 10k for teacher,
 student trained normally (baseline) and distilled student, and the fraction
 of the teacher-student gap closed, per T), accuracy_vs_T.png,
 errors_vs_T.png and learning curves.
 
   python experiments/repro_hinton.py                # T in 20,1,2,4,8; seeds 0-2
+  python experiments/repro_hinton.py --shift 2 --seeds 0 --temperatures 20,1
   python experiments/repro_hinton.py --report_only
 """
 
@@ -27,12 +29,22 @@ import repro_common as rc  # noqa: E402
 CONFIG = "repro_hinton"
 TEMPERATURES = (20.0, 1.0, 2.0, 4.0, 8.0)  # The paper's T first.
 PAPER = dict(teacher=67, baseline=146, student=74)
+# The teacher's jitter in the main sweep. The paper's 2 px left the teacher
+# below the student at this budget (seed 0: 84.75 % vs 85.70 %), so the
+# sweep uses dropout alone; `--shift 2` runs the paper's setting.
+MAIN_SHIFT = 0
 
 
-def run_all(root: str, temps, seed_list, arg: str = "") -> None:
+def folder(shift: int) -> str:
+  """Workdir folder of a jitter setting (`hinton` = the paper's 2 px)."""
+  return "hinton" if shift == 2 else f"hinton_shift{shift}"
+
+
+def run_all(root: str, temps, seed_list, shift: int = MAIN_SHIFT) -> None:
   """Per seed: the first T's run trains the teacher and the baseline; the
   other temperatures re-use both (see `reuse_baseline`)."""
-  base = os.path.join(root, "hinton")
+  base = os.path.join(root, folder(shift))
+  arg = "" if shift == 2 else f"shift={shift}"
   for seed in seed_list:
     first = None
     for t in temps:
@@ -83,8 +95,8 @@ def error_records(recs: list[dict]) -> list[dict]:
   return out
 
 
-def write_reports(root: str, figures: str) -> None:
-  wds = [os.path.join(root, "hinton", "T*_s*")]
+def write_reports(root: str, figures: str, shift: int = MAIN_SHIFT) -> None:
+  wds = [os.path.join(root, folder(shift), "T*_s*")]
   recs = report.collect(wds)
   if not recs:
     print(f"no Hinton results under {root}", file=sys.stderr)
@@ -128,17 +140,36 @@ def write_reports(root: str, figures: str) -> None:
       "Accuracy (%), all models:",
       report.to_markdown(acc, "accuracy", key),
       "Per run (gap closed):\n\n" + "\n".join(f"- {s}" for s in per_seed),
+      rc.wall_time_line(wds),
   ]
   if margins and float(np.mean(margins)) <= 0:
     parts.append("Warning: the teacher is not better than the baseline, so "
                  "'gap closed' is not meaningful.")
   report.plot_metric_vs(recs, "distill.temperature",
-                        os.path.join(out, "accuracy_vs_T.png"))
+                        os.path.join(out, "accuracy_vs_T.png"), xscale="log")
   report.plot_metric_vs(recs, "distill.temperature",
                         os.path.join(out, "errors_vs_T.png"), metric="errors",
-                        models=["teacher", "baseline", "student"])
+                        models=["teacher", "baseline", "student"],
+                        xscale="log")
+  other = 2 if shift != 2 else None
+  if other is not None:
+    orecs = error_records(report.collect(
+        [os.path.join(root, folder(other), "T*_s*")]))
+    if orecs:
+      oerr = report.table(orecs, key, "errors")
+      parts.append(
+          f"The paper's teacher jitter (max_shift={other}, same dropout and "
+          "steps; workdirs `" + folder(other) + "/`), test errors:\n\n" +
+          rc.markdown(["T", "n", "teacher", "baseline", "distilled"], [
+              [f"{t:g}", str(rc.select(oerr, model="student", **{
+                  "distill.temperature": t})[0]["n"])] + [
+                  rc.cell(rc.select(oerr, model=m, **{
+                      "distill.temperature": t}), scale=1, digits=0)
+                  for m in ("teacher", "baseline", "student")]
+              for t in sorted({r["group"]["distill.temperature"]
+                               for r in oerr})]))
   report.plot_learning_curves(
-      [os.path.join(root, "hinton", "T*_s*")],
+      wds,
       os.path.join(out, "learning_curves.png"), key="train/loss",
       stage_names=("student",), group_by=key)
   rc.write_report(out, "Hinton et al. 2015 §3 on Fashion-MNIST", parts)
@@ -148,10 +179,12 @@ def main(argv=None) -> int:
   ap = rc.parser(__doc__)
   ap.add_argument("--temperatures", default=",".join(
       f"{t:g}" for t in TEMPERATURES))
+  ap.add_argument("--shift", type=int, default=MAIN_SHIFT,
+                  help="teacher jitter in pixels (the paper: 2)")
   args = ap.parse_args(argv)
   if not args.report_only:
     run_all(args.root, [float(t) for t in args.temperatures.split(",")],
-            rc.seeds(args))
+            rc.seeds(args), args.shift)
   write_reports(args.root, args.figures)
   return 0
 

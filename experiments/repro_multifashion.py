@@ -122,8 +122,15 @@ def _time(time_records, keys) -> str:
 
 
 def teacher_table(recs) -> str:
-  """Teacher accuracy per teacher set and seed-pool."""
-  rows = report.table(recs, ["teacher.kind", "teacher.ensemble"], "accuracy")
+  """Teacher accuracy per teacher setting: one record per teacher set
+  (teacher.workdir) and task, pooled over the seeds."""
+  seen, one = set(), []
+  for r in recs:
+    k = (report.get_path(r["config"], "teacher.workdir"), r["task"])
+    if r["model"] == "teacher" and k not in seen:
+      seen.add(k)
+      one.append(r)
+  rows = report.table(one, ["teacher.kind", "teacher.ensemble"], "accuracy")
   body = []
   for r in rows:
     if r["model"] != "teacher":
@@ -131,7 +138,7 @@ def teacher_table(recs) -> str:
     body.append([f"{r['group']['teacher.kind']} x"
                  f"{r['group']['teacher.ensemble']}", r["task"],
                  rc.cell([r]), str(r["n"])])
-  return rc.markdown(["teachers", "task", "accuracy %", "n (runs)"], body,
+  return rc.markdown(["teachers", "task", "accuracy %", "n (seeds)"], body,
                      right_from=2)
 
 
@@ -164,7 +171,7 @@ def write_reports(root: str, figures: str) -> None:
            "shared).",
            strategy_table(recs, summ, METHODS),
            "Teachers (each run evaluates its teachers on the test split):",
-           teacher_table(recs)]
+           teacher_table(recs), rc.wall_time_line(wd(METHODS))]
   report.plot_metric_vs(recs, "repro.method",
                         os.path.join(out, "accuracy_by_method.png"),
                         models=["baseline", "student", "finetune"])

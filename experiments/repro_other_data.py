@@ -97,6 +97,7 @@ def write_reports(root: str, figures: str) -> None:
       _table(recs, summ, ["transfer", "transfer_frozen", "transfer_kd"],
              ("digit",)),
   ]
+  parts.append(rc.wall_time_line(wds))
   report.plot_metric_vs([r for r in recs if r["task"] == "digit"],
                         "repro.method",
                         os.path.join(out, "digit_accuracy_by_method.png"))

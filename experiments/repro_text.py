@@ -95,6 +95,7 @@ def write_reports(root: str, figures: str, data_cfg=None) -> None:
       "Wall time per run (s, mean; teachers only in the run that trained "
       "them): " + ", ".join(f"{k} {v:.0f}" for k, v in tmean.items()),
   ]
+  parts.append(rc.wall_time_line(wds))
   if data_cfg is not None:
     ref = reference_classifiers(data_cfg)
     parts.append(

@@ -103,6 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
       batch_size=128,
   ))
 
+  c.baseline = True  # Also train the labels-only baseline (same budget).
   c.nonfinite = "stop"  # NaN/Inf loss or gradient: 'stop', or 'skip' update.
   c.eval_batch_size = 1000
   c.log_every = 100

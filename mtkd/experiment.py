@@ -8,6 +8,7 @@
 2. Teachers (`mtkd.teachers`: a layout, ensembles, per-group models), each
    trained on the labelled data, and their logit (and feature) caches.
 3. `baseline`: the student architecture trained on labels alone.
+   (`config.baseline=False` skips it.)
 4. The student stages of `config.student.stages`, in order (one stage for
    plain KD; distil then fine-tune for cascaded KD; ...). Each names an
    objective (a registered plug-in), its data, how it initialises (fresh,
@@ -466,7 +467,8 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
   model = models.build(config.student.model, ds.num_classes)
   total_steps = sum(s["steps"] for s in stages.values())
   plan = {"baseline": dict(STAGE_DEFAULTS, objective="supervised",
-                           steps=total_steps, data="labelled")}
+                           steps=total_steps, data="labelled")
+          } if config.baseline else {}
   plan.update(stages)
   exported = {}
   for name, s in plan.items():
@@ -489,17 +491,19 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
           tasks.ensemble(sp.kind, t.test_stack(sp.name)))
   summary = {f"delta_m_vs_{ref}": {
       name: tasks.delta_m(results, specs, name, ref)
-      for name in exported if name != ref} for ref in ("teacher", "baseline")}
+      for name in exported if name != ref}
+      for ref in ("teacher", "baseline") if ref == "teacher" or ref in plan}
   timings["total"] = time.perf_counter() - t_start
   if jax.process_index() == 0:
     _write_json(os.path.join(workdir, "results.json"), results)
     _write_json(os.path.join(workdir, "summary.json"), summary)
     _write_json(os.path.join(workdir, "timings.json"), timings)
     print("\n" + evaluate.format_table(results, specs), flush=True)
-    print("\nDelta_m (%, per task then averaged; main metric per task): "
-          + ", ".join(f"{n} {v:+.2f}" for n, v in
-                      summary["delta_m_vs_baseline"].items()
-                      if v is not None) + " vs baseline.", flush=True)
+    for ref, deltas in summary.items():
+      print(f"\nDelta_m vs {ref[len('delta_m_vs_'):]} (%, per task then "
+            "averaged, main metric per task): " + ", ".join(
+                f"{n} {v:+.2f}" for n, v in deltas.items() if v is not None),
+            flush=True)
     print(f"\nWrote {os.path.join(workdir, 'results.json')} "
           f"({timings['total']:.1f}s).", flush=True)
   return results

@@ -3,14 +3,17 @@
 Checks each checkpoint of each stage (it restores and its bytes hash to the
 fingerprint saved with it), each teacher cache (complete, every file's
 checksum, examples and ids against the configured dataset, teacher
-fingerprint against the teacher's final checkpoint) and results.json (one
-entry per task with teacher, baseline and every student stage).
+fingerprint against the teacher's final checkpoint, and the cached outputs
+against a re-run of that teacher on a sample) and results.json (one entry
+per task with teacher, baseline and every student stage).
 """
 
 import glob
 import json
 import math
 import os
+
+import numpy as np
 
 from mtkd import cache, checkpoint
 from mtkd.data import datasets
@@ -20,7 +23,8 @@ from mtkd.fingerprint import tree_fingerprint
 
 def _student_runs(config) -> list[str]:
   from mtkd import experiment  # Deferred: verify must not pull in training.
-  return ["baseline", *experiment.student_stages(config)]
+  return (["baseline"] if config.get("baseline", True) else []) + list(
+      experiment.student_stages(config))
 
 
 def _stage_dirs(config, workdir: str, teacher_root: str) -> list[str]:
@@ -98,6 +102,58 @@ def _check_results(workdir: str, ds: datasets.Dataset | None,
                         "loss.")
 
 
+def _softmax(x: np.ndarray) -> np.ndarray:
+  x = np.asarray(x, np.float64)
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def _check_teacher_outputs(config, teacher_root: str, ds: datasets.Dataset,
+                           problems: list[str], sample: int = 256) -> None:
+  """Re-runs each teacher on the first `sample` training examples and
+  compares its class probabilities with the cached ones (TinyViT-style
+  check that the cache holds what the teacher computes)."""
+  from mtkd import evaluate, models, sharding, teachers  # Training imports.
+  mesh = sharding.make_mesh(config.mesh)
+  part = ds.train.take(slice(0, min(sample, len(ds.train))))
+  for m in teachers.members(config, ds.tasks):
+    stage = os.path.join(teacher_root, "teachers", m.name, "checkpoints")
+    directory = os.path.join(teacher_root, "cache", m.name, "train")
+    if not os.path.isdir(stage) or cache.read_metadata(directory) is None:
+      continue
+    ckpt = checkpoint.Checkpointer(stage)
+    try:
+      state, _ = ckpt.restore(ckpt.latest_step(), None)
+    except Exception:  # noqa: BLE001 - reported by _check_checkpoints.
+      continue
+    finally:
+      ckpt.close()
+    model = models.build(m.model_cfg, {t: ds.num_classes[t] for t in m.tasks})
+    online = evaluate.predict(model, state["params"]["model"], part,
+                              config.eval_batch_size, mesh)
+    try:
+      cached = cache.LogitCache(directory, {}, verify=False).lookup(part.ids)
+    except UserError as e:
+      problems.append(str(e))
+      continue
+    meta = cache.read_metadata(directory)
+    # fp32 storage is exact up to reduction order; fp16/bf16 round logits;
+    # top-k spreads the tail mass uniformly.
+    tol = 1e-4 if meta.get("dtype", "float32") == "float32" else 2e-2
+    tol = 0.1 if meta.get("top_k", 0) else tol
+    for t in m.tasks:
+      if ds.kind(t) != "classification":
+        diff = float(np.max(np.abs(online[t] - cached[t])))
+      else:
+        diff = float(np.max(np.abs(_softmax(online[t]) - _softmax(cached[t]))))
+      if not diff <= tol:
+        problems.append(
+            f"teacher cache {directory}: task {t!r} differs from re-running "
+            f"the teacher's final checkpoint on {len(part)} examples (max "
+            f"difference {diff:.3g} > {tol}). The cache is stale or corrupt: "
+            "delete it and re-run to rebuild it.")
+
+
 def verify_workdir(config, workdir: str) -> list[str]:
   """All problems found in `workdir` (empty if everything checks out)."""
   if not os.path.isdir(workdir):
@@ -112,5 +168,7 @@ def verify_workdir(config, workdir: str) -> list[str]:
   teacher_root = config.teacher.get("workdir") or workdir
   teacher_fps = _check_checkpoints(config, workdir, teacher_root, problems)
   _check_caches(teacher_root, ds, teacher_fps, problems)
+  if ds is not None:
+    _check_teacher_outputs(config, teacher_root, ds, problems)
   _check_results(workdir, ds, _student_runs(config), problems)
   return problems

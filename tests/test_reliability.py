@@ -1,6 +1,7 @@
 """Resume after kill -9 and SIGTERM, corrupt checkpoints, non-finite steps,
 --verify, and the bad-input catalogue entries not covered elsewhere."""
 
+import hashlib
 import json
 import os
 import random
@@ -264,6 +265,20 @@ def test_verify_reports_each_broken_artifact(tmp_path):
   r = _cli("--config=configs/quickstart.py:smoke", "--config.data.name=digits",
            f"--workdir={w}", "--verify")
   assert r.returncode == 1 and r.stdout.count("PROBLEM:") >= 3
+
+  # A cache whose files are self-consistent (checksums rewritten) but whose
+  # logits are not what the teacher computes: only re-running catches it.
+  shard = w / "cache" / "parity" / "train" / "shard-00000-of-00002"
+  logits = np.load(shard / "logits_parity.npy")
+  logits[7] += np.array([4.0, -4.0], np.float32)  # One example changed.
+  np.save(shard / "logits_parity.npy", logits)
+  meta = json.loads((shard / "shard.json").read_text())
+  meta["files"]["logits_parity.npy"] = hashlib.sha256(
+      (shard / "logits_parity.npy").read_bytes()).hexdigest()
+  (shard / "shard.json").write_text(json.dumps(meta))
+  problems = verify.verify_workdir(c, str(w))
+  assert any("parity" in p and "differs from re-running" in p
+             for p in problems), problems
 
 
 # ---------------------------------------------------- bad-input catalogue

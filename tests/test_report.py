@@ -143,6 +143,8 @@ def test_plots(grid, tmp_path):
   p = report.plot_metric_vs(records, "distill.temperature",
                             str(out / "acc_vs_t.png"))
   assert _is_png(p)
+  assert _is_png(report.plot_metric_vs(records, "distill.temperature",
+                                       str(out / "log_t.png"), xscale="log"))
   p = report.plot_learning_curves([str(grid / "*")], str(out / "lc.png"),
                                   group_by=["distill.temperature"])
   assert _is_png(p)

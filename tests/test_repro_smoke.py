@@ -29,9 +29,12 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def shrink(c):
-  """Fewer steps and a small teacher: seconds per run."""
+  """Fewer steps and one small teacher for all tasks: fewer compilations
+  (the per-method behaviour is covered by tests/test_methods.py)."""
   if c.teacher.model.name == "patch_cnn":
     c.teacher.model = dict(name="mlp", hidden=(32,))
+  if c.teacher.ensemble == 1 and not c.teacher.models:
+    c.teacher.kind = "multi"
   c.student.steps, c.teacher.steps = 16, 24
   c.log_every, c.checkpoint_every = 8, 1000
   for s in c.student.stages.values():
@@ -87,8 +90,9 @@ def test_hinton_smoke_and_report(tmp_path):
                                   os.path.join(root, sub))
     res[t] = smoke_run("repro_hinton", "", root, sub,
                        {"seed": 0, "distill.temperature": t}, allow)
-  for task in res[20.0]:
-    assert res[2.0][task]["baseline"] == res[20.0][task]["baseline"]
+  for task in res[20.0]:  # KL@T differs by construction; the model not.
+    for k in ("accuracy", "loss", "agreement", "kl_t1"):
+      assert res[2.0][task]["baseline"][k] == res[20.0][task]["baseline"][k]
     assert res[2.0][task]["teacher"] == res[20.0][task]["teacher"]
   figs = tmp_path / "figs"
   repro_hinton.write_reports(root, str(figs))
@@ -99,16 +103,16 @@ def test_hinton_smoke_and_report(tmp_path):
 
 def test_multifashion_drivers_smoke_and_report(tmp_path):
   root = str(tmp_path)
-  for m in ("bam", "online_cached"):
-    smoke_run("repro_multifashion", f"method={m}", root,
-              f"multifashion/{m}_s0", {"seed": 0})
+  smoke_run("repro_multifashion", "method=online_cached", root,
+            "multifashion/online_cached_s0", {"seed": 0})
   figs = tmp_path / "figs"
   repro_multifashion.write_reports(root, str(figs))
   md = (figs / "strategies" / "report.md").read_text()
-  assert "| bam | 1 |" in md and "| online_cached | 1 |" in md
+  assert "| online_cached | 1 |" in md
   assert "agreement" in (figs / "online_teacher" / "report.md").read_text()
   assert _png(figs / "strategies" / "accuracy_by_method.png")
-  summary = json.load(open(tmp_path / "multifashion/bam_s0/summary.json"))
+  summary = json.load(open(
+      tmp_path / "multifashion/online_cached_s0/summary.json"))
   assert "student" in summary["delta_m_vs_baseline"]
 
 
