@@ -4,10 +4,11 @@ with and without `mtkd.prefetch.prefetch_to_device`, side by side.
 Quickstart shapes: 60000 random 36x36x1 uint8 images, 2 tasks x 10 classes,
 batch 128; the teacher logits come from a real `LogitCache` (float32, 16384
 rows per shard, 4 shards) built in a temp dir and joined by id (the
-experiment's join, `common.make_join`), through `pipeline.train_stream`. The student is the
-quickstart MLP (experiments/common.py). Rows, each timed over --steps
-batches in the steady state (the first --warmup batches are not timed),
-median of --repeats runs that interleave the configurations:
+experiment's join, `common.make_join`), through `pipeline.train_stream`.
+The student is the quickstart MLP (experiments/common.py). Rows, each
+timed over --steps batches in the steady state (the first --warmup batches
+are not timed), best (fastest) of --repeats runs that interleave the
+configurations (the minimum is least affected by other jobs):
 
   pipeline, ds[k] in one thread      the stream's batches, no threads
   pipeline, iterate()                mtkd's `pipeline.iterate` (grain, 2
@@ -31,14 +32,13 @@ dispatches steps asynchronously, so in the unsynced loops the host may
 queue steps ahead of the device and "idle" is host-side; in the synced
 loops the device idles exactly while the host waits.
 
-Run (from the repository root; ~1 min on 2 cores):
+Run (from the repository root; ~1.5 min on 2 cores):
   .venv/bin/python experiments/bench_input_pipeline.py
   .venv/bin/python experiments/bench_input_pipeline.py --quick
 """
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -167,7 +167,7 @@ def main() -> None:
   p.add_argument("--num_examples", type=int, default=60000)
   p.add_argument("--steps", type=int, default=300)
   p.add_argument("--warmup", type=int, default=20)
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--quick", action="store_true", help="small sizes")
   a = p.parse_args()
   if a.quick:
@@ -211,21 +211,20 @@ def main() -> None:
     for _ in range(a.repeats):
       for name, fn in configs.items():
         runs[name].append(fn())
-  med = {name: (statistics.median(r[0] for r in rs),
-                statistics.median(r[1] for r in rs))
-         for name, rs in runs.items()}
+  med = {name: min(rs) for name, rs in runs.items()}  # Fastest run, its idle.
   step_s = med["jitted step alone (device batch reused)"][0]
   rows = []
   for name, (s, idle) in med.items():
     is_loop = "loop" in name
-    rows.append([name, f"{1e3 * s:.2f}", f"{1 / s:,.0f}",
-                 f"{step_s / s:.2f}", f"{100 * idle:.0f} %" if is_loop
-                 else ""])
+    worst = max(r[0] for r in runs[name])
+    rows.append([name, f"{1e3 * s:.2f}", f"{1e3 * worst:.2f}",
+                 f"{1 / s:,.0f}", f"{step_s / s:.2f}",
+                 f"{100 * idle:.0f} %" if is_loop else ""])
   print(common.table(
-      ["configuration", "ms/batch", "batches/s", "rate / step rate",
-       "idle"], rows,
+      ["configuration", "ms/batch", "slowest run", "batches/s",
+       "rate / step rate", "idle"], rows,
       f"batch 128, {a.num_examples} examples, 2 tasks x 10 classes, "
-      f"{a.steps} timed batches after {a.warmup}, median of {a.repeats}"))
+      f"{a.steps} timed batches after {a.warmup}, best of {a.repeats}"))
   loop = med["loop (mtkd now: iterate, put, step, sums)"][0]
   pre = med["loop + prefetch_to_device(size=2)"][0]
   plain = med["plain loop (supervised, no teacher; mtkd now)"][0]

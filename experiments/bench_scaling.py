@@ -8,7 +8,11 @@ n) mesh with NamedShardings (batch split over devices, large parameters
 FSDP-sharded), global batch 128 (strong scaling). Per device count:
 
   compile s      `step.lower(...).compile()`
-  examples/s     --steps steps on one device batch, best of --repeats
+  examples/s     --steps steps on one device batch, best of --repeats,
+                 waiting for each step before the next: with steps queued
+                 asynchronously on 2+ fake devices of the loaded 2-core
+                 machine, XLA:CPU aborted in an all-reduce rendezvous
+                 ("Termination timeout ... of 40 seconds exceeded")
   MiB/device     from `compiled.memory_analysis()` (per device program):
                  arguments + outputs - donated aliases + temporaries
   loss           the loss after --steps steps: equal across meshes up to
@@ -64,6 +68,7 @@ def worker(n: int, steps: int, repeats: int) -> dict:
     t0 = time.perf_counter()
     for _ in range(steps):
       s, m = compiled(s, batch, key)
+      jax.block_until_ready(m)  # See the module docstring.
     jax.block_until_ready(s)
     best = min(best, time.perf_counter() - t0)
     loss = float(m["loss"][0] / m["loss"][1])
@@ -89,7 +94,7 @@ def main() -> None:
   import common
   print(common.machine())
   print(NOTE)
-  rows, base = [], None
+  rows, base, failed = [], None, False
   for n in (int(x) for x in a.devices.split(",")):
     env = dict(os.environ, XLA_FLAGS=(
         os.environ.get("XLA_FLAGS", "")
@@ -100,8 +105,10 @@ def main() -> None:
         env=env, capture_output=True, text=True, check=False)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode or not lines:
-      err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-      rows.append([str(n), f"failed: {err[:150]}", "", "", "", "", ""])
+      err = [x for x in proc.stderr.strip().splitlines()
+             if x.startswith(("F", "E")) or "Error" in x] or ["no output"]
+      rows.append([str(n), f"failed: {err[-1][:150]}", "", "", "", "", ""])
+      failed = True
       continue
     r = json.loads(lines[-1])
     base = base or r["rate"]
@@ -115,6 +122,7 @@ def main() -> None:
       f"global batch 128, jit + NamedSharding over ('data', n), best of "
       f"{a.repeats} x {a.steps} steps"))
   print(NOTE)
+  sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

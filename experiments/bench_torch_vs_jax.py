@@ -11,13 +11,17 @@ same initial parameters (mtkd's init copied into torch). Rows:
   bare JAX step (jax.jit)   the same loss and Adam update only
   PyTorch eager             experiments/torch_reference.py
   PyTorch torch.compile     the same step under torch.compile (inductor)
+  ..., 1 thread             the same with torch.set_num_threads(1): torch's
+                            2-thread regions suffer most when other jobs
+                            share the cores
 
-Each runs in its own process (XLA's and torch's thread pools sharing one
-process slowed torch ~20x) and is timed over --steps steps cycling through
-32 prepared batches (data already in device/tensor form), best of
---repeats; the first call (compile) is timed separately. Threads: torch.set_num_threads(2) (and 1 interop
-thread); XLA:CPU uses its default pool, one thread per core (2 here). A
-check first compares the losses of the first steps (same init, same data).
+Each runs in its own process (so one framework's idle thread pool cannot
+slow the other) and is timed over --steps steps cycling through 32
+prepared batches (data already in device/tensor form), best of --repeats;
+the first call (compile) is timed separately. Threads:
+torch.set_num_threads(2) (and 1 interop thread); XLA:CPU uses its default
+pool, one thread per core (2 here). A check first compares the losses of
+the first steps (same init, same data).
 
 Needs torch (`.venv/bin/pip install -r experiments/requirements.txt`);
 without it, prints a message and exits 0.
@@ -116,12 +120,12 @@ def jax_bare(student, batches):
   return run
 
 
-def torch_setup(student, batches):
+def torch_setup(student, batches, threads: int = 2):
   """(make_step(compiled) -> step, tensors) with mtkd's initial params."""
   import torch
   import torch_reference as ref
 
-  torch.set_num_threads(2)
+  torch.set_num_threads(threads)
   torch.set_num_interop_threads(1)
   tensors = [(torch.from_numpy(b["inputs"]),
               {t: torch.from_numpy(np.ascontiguousarray(x[:, 0]))
@@ -143,8 +147,7 @@ def torch_setup(student, batches):
 
 
 def worker(name: str, steps: int, repeats: int) -> dict:
-  """Times one implementation (in its own process: XLA's and torch's thread
-  pools in one process slowed torch 20x here)."""
+  """Times one implementation (run in its own process)."""
   split = common.synthetic_split(NUM_BATCHES * BATCH)
   logits = common.synthetic_logits(NUM_BATCHES * BATCH)
   batches = [common.host_batch(split, logits,
@@ -160,8 +163,9 @@ def worker(name: str, steps: int, repeats: int) -> dict:
     theirs = [float(step(*tensors[i])) for i in range(CHECK_STEPS)]
     return {"mtkd": seen, "torch": theirs}
   if name.startswith("PyTorch"):
-    make, tensors = torch_setup(student, batches)
-    step = make(name.endswith("compile"))
+    make, tensors = torch_setup(student, batches,
+                                1 if "1 thread" in name else 2)
+    step = make("compile" in name)
 
     def run(n: int) -> None:
       for i in range(n):
@@ -175,7 +179,8 @@ def worker(name: str, steps: int, repeats: int) -> dict:
 
 
 IMPLEMENTATIONS = ("mtkd step (jax.jit)", "bare JAX step (jax.jit)",
-                   "PyTorch eager", "PyTorch torch.compile")
+                   "PyTorch eager", "PyTorch torch.compile",
+                   "PyTorch eager, 1 thread", "PyTorch torch.compile, 1 thread")
 CHECK_STEPS = 5
 
 

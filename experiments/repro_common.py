@@ -179,17 +179,11 @@ def cell(rows: list[dict], scale: float = 100.0, sign: bool = False,
 
 
 def select(rows: list[dict], **want) -> list[dict]:
-  out = []
-  for r in rows:
-    ok = True
-    for k, v in want.items():
-      got = r["group"].get(k) if k.startswith(("repro.", "distill.")) else (
-          r.get(k))
-      if got != v:
-        ok = False
-    if ok:
-      out.append(r)
-  return out
+  """`report.table` rows whose group value or field (task, model) equals
+  each `want` item; group keys are dotted config paths."""
+  return [r for r in rows if all(
+      (r["group"][k] if k in r["group"] else r.get(k)) == v
+      for k, v in want.items())]
 
 
 def markdown(head: Sequence[str], body: Sequence[Sequence[str]],

@@ -125,7 +125,8 @@ def write_reports(root: str, figures: str, shift: int = MAIN_SHIFT) -> None:
                f"{(146 - 74) / (146 - 67):.2f}", "−72"])
   per_seed = []
   for r in sorted((r for r in recs if r["model"] == "gap closed"),
-                  key=lambda r: r["workdir"]):
+                  key=lambda r: (r["config"]["distill"]["temperature"],
+                                 r["config"]["seed"])):
     per_seed.append(f"{os.path.basename(r['workdir'])}: "
                     f"{r['metrics']['gap_closed']:.2f} (teacher−baseline "
                     f"margin {r['metrics']['baseline_minus_teacher']:.0f})")

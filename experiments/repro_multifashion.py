@@ -31,7 +31,8 @@ BAM = ("kd", "bam", "bam_fixed")
 ONLINE = ("kd", "online_cached", "online_teacher")
 # Every method, in table order (BAM's and the online study's first).
 METHODS = ("kd", "bam", "bam_fixed", "online_cached", "online_teacher",
-           "kd_feature", "kd_cascade", "dkd", "dml", "uncertainty", "dwa",
+           "kd_feature", "kd_cascade", "dkd", "dml", "dml_labelled",
+           "uncertainty", "dwa",
            "gradnorm", "pcgrad", "kd_multi_teacher", "kd_shared_rep",
            "kd_cross_task")
 
@@ -66,20 +67,23 @@ def _stage_models(recs, method):
       and r["model"] not in ("teacher", "baseline")))
 
 
-def strategy_table(recs, summ, methods, extra_metric: str = "") -> str:
+def strategy_table(recs, summ, methods, extra_metric: str = "",
+                   compact: bool = False) -> str:
   """method -> per-task accuracy (teacher, baseline, the method's final
-  stage), paired Δ vs baseline, Δm vs baseline, wall times."""
+  stage), paired Δ vs baseline, Δm vs baseline, wall times. `compact`:
+  only the final stage's accuracy and Δ, Δm vs baseline and its time."""
   key = ["repro.method"]
   acc = report.table(recs, key, "accuracy")
   dm = report.table(summ, key, "vs_baseline")
   tasks = list(dict.fromkeys(r["task"] for r in recs))
   head = ["method", "n"]
   for t in tasks:
-    head += [f"{t} baseline %", f"{t} student %", f"{t} Δ pts"]
-  head += ["Δm vs baseline %", "Δm vs teacher %"]
+    head += ([] if compact else [f"{t} baseline %"]) + [
+        f"{t} student %", f"{t} Δ pts"]
+  head += ["Δm vs baseline %"] + ([] if compact else ["Δm vs teacher %"])
   if extra_metric:
     head += [f"{t} {extra_metric} %" for t in tasks]
-  head += ["baseline s", "student s"]
+  head += ([] if compact else ["baseline s"]) + ["student s"]
   body = []
   for m in methods:
     stages = _stage_models(recs, m)
@@ -94,23 +98,57 @@ def strategy_table(recs, summ, methods, extra_metric: str = "") -> str:
            str(n[0]["n"]) if n else "0"]
     for t in tasks:
       sel = dict(**{"repro.method": m}, task=t)
-      row += [rc.cell(rc.select(acc, model="baseline", **sel)),
+      row += ([] if compact else [
+          rc.cell(rc.select(acc, model="baseline", **sel))]) + [
               rc.cell(rc.select(acc, model=final, **sel)),
               rc.cell(rc.select(dtab, **sel), sign=True)]
     row += [rc.cell(rc.select(dm, **{"repro.method": m}, model=final),
                     scale=1, sign=True)]
     dt = report.table(summ, key, "vs_teacher")
-    row += [rc.cell(rc.select(dt, **{"repro.method": m}, model=final),
-                    scale=1, sign=True)]
+    if not compact:
+      row += [rc.cell(rc.select(dt, **{"repro.method": m}, model=final),
+                      scale=1, sign=True)]
     if extra_metric:
       ex = report.table(recs, key, extra_metric)
       row += [rc.cell(rc.select(ex, **{"repro.method": m}, model=final,
                                 task=t)) for t in tasks]
     times = [r for r in summ if r["task"] == "time"
              and r["config"]["repro"]["method"] == m]
-    row += [_time(times, ["baseline"]), _time(times, stages)]
+    row += ([] if compact else [_time(times, ["baseline"])]) + [
+        _time(times, stages)]
     body.append(row)
   return rc.markdown(head, body, right_from=1)
+
+
+def baseline_line(recs) -> str:
+  rows = report.table([r for r in recs if r["config"]["repro"]["method"] ==
+                       "kd"], [], "accuracy")
+  return ", ".join(f"{r['task']} {rc.cell([r])} % (n={r['n']})"
+                   for r in rows if r["model"] == "baseline") + "."
+
+
+def paired_vs(recs, methods, ref: str, metric: str = "accuracy") -> str:
+  """Final-stage `metric` of each method minus `ref`'s, paired by seed
+  (same teachers, labelled subset and initialisation), mean ± std (n)."""
+  final = {}
+  for r in recs:
+    m = r["config"]["repro"]["method"]
+    if r["model"] not in ("teacher", "baseline") and metric in r["metrics"]:
+      final[(m, r["config"]["seed"], r["task"])] = r["metrics"][metric]
+  tasks = list(dict.fromkeys(r["task"] for r in recs))
+  body = []
+  for m in methods:
+    row, n = [f"{m} − {ref}"], 0
+    for t in tasks:
+      d = [v - final[(ref, seed, t)] for (mm, seed, tt), v in final.items()
+           if mm == m and tt == t and (ref, seed, t) in final]
+      n = max(n, len(d))
+      row.append(rc.cell([dict(mean=sum(d) / len(d), n=len(d), std=(
+          sum((x - sum(d) / len(d)) ** 2 for x in d) / (len(d) - 1)) ** 0.5
+          if len(d) > 1 else 0.0)], sign=True) if d else "–")
+    body.append(row[:1] + [str(n)] + row[1:])
+  return rc.markdown(["paired by seed", "n"] + [f"{t} Δ pts" for t in tasks],
+                     body)
 
 
 def _time(time_records, keys) -> str:
@@ -155,7 +193,9 @@ def write_reports(root: str, figures: str) -> None:
   parts = ["Per-task test accuracy (10k pairs), mean ± std over seeds; "
            "Δ pts: paired by seed against the run's own labels-only "
            "baseline; Δm: summary.json (LibMTL Δm, %).",
-           strategy_table(brecs, summ, BAM)]
+           strategy_table(brecs, summ, BAM),
+           "Student accuracy against the KD run of the same seed:",
+           paired_vs(brecs, BAM[1:], "kd")]
   report.plot_metric_vs(brecs, "repro.method",
                         os.path.join(out, "accuracy_by_variant.png"))
   report.plot_learning_curves(wd(BAM), os.path.join(out, "train_loss.png"),
@@ -169,6 +209,11 @@ def write_reports(root: str, figures: str) -> None:
            "Δm from summary.json; times are seconds per run (mean), from "
            "timings.json (teachers excluded: trained once per seed and "
            "shared).",
+           strategy_table(recs, summ, METHODS, compact=True),
+           "The labels-only baseline of the runs without augmentation or a "
+           "weighting method (kd's runs; every run reports its own):",
+           baseline_line(recs),
+           "All columns:",
            strategy_table(recs, summ, METHODS),
            "Teachers (each run evaluates its teachers on the test split):",
            teacher_table(recs), rc.wall_time_line(wd(METHODS))]
@@ -184,7 +229,15 @@ def write_reports(root: str, figures: str) -> None:
            "cached logits of the un-augmented pair; online_teacher: the "
            "teachers run inside the step on the same shifted view. Accuracy "
            "and agreement (student argmax = teacher argmax, test split) in %.",
-           strategy_table(orecs, summ, ONLINE, extra_metric="agreement")]
+           strategy_table(orecs, summ, ONLINE, extra_metric="agreement"),
+           "Online against cached teacher (same augmented baseline), and "
+           "each against plain KD without augmentation, paired by seed:",
+           paired_vs(orecs, ["online_teacher"], "online_cached") + "\n" +
+           paired_vs(orecs, ["online_cached", "online_teacher"],
+                     "kd").split("\n", 2)[2],
+           "Agreement, same pairing:",
+           paired_vs(orecs, ["online_teacher"], "online_cached",
+                     "agreement")]
   report.plot_metric_vs(orecs, "repro.method",
                         os.path.join(out, "accuracy_by_variant.png"))
   report.plot_metric_vs(orecs, "repro.method",

@@ -7,7 +7,7 @@ quoting). The torch comparison skips itself, with a message, when torch is
 not installed (experiments/requirements.txt).
 
 Run (from the repository root):
-  .venv/bin/python experiments/run_benchmarks.py            # ~12 min
+  .venv/bin/python experiments/run_benchmarks.py            # 20 min at load 10
   .venv/bin/python experiments/run_benchmarks.py --quick    # ~4 min
   .venv/bin/python experiments/run_benchmarks.py --only=bench_scaling
 """
@@ -20,7 +20,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# (script, full-run argument lists, quick-run argument lists)
+# (script, full-run argument lists, quick-run argument lists); any other
+# experiments/bench_*.py runs too, without arguments (with --quick in a quick
+# run if its source mentions that flag).
 BENCHMARKS = [
     ("bench_cache_formats.py",
      [[], ["--num_examples=20000", "--num_classes=1000"]],
@@ -33,6 +35,19 @@ BENCHMARKS = [
 ]
 
 
+def discovered() -> list[tuple[str, list, list]]:
+  """bench_*.py scripts not listed in BENCHMARKS, with default arguments."""
+  known = {script for script, _, _ in BENCHMARKS}
+  out = []
+  for script in sorted(os.listdir(HERE)):
+    if script.startswith("bench_") and script.endswith(".py") and (
+        script not in known):
+      with open(os.path.join(HERE, script)) as f:
+        quick = ["--quick"] if '"--quick"' in f.read() else []
+      out.append((script, [[]], [quick]))
+  return out
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--quick", action="store_true",
@@ -42,7 +57,7 @@ def main() -> None:
   a = p.parse_args()
   only = {s.removesuffix(".py") for s in a.only.split(",") if s}
   failed, t_all = [], time.perf_counter()
-  for script, full, quick in BENCHMARKS:
+  for script, full, quick in BENCHMARKS + discovered():
     if only and script.removesuffix(".py") not in only:
       continue
     for args in quick if a.quick else full:

@@ -476,20 +476,3 @@ class LogitCache:
   def all_logits(self, task: str) -> np.ndarray:
     """`[N, C]` float32 values of array `task` in cache order."""
     return np.concatenate([self._decode(task, s[task]) for s in self._shards])
-
-
-class TeacherJoin:
-  """Joins each batch to its teachers' logits: `{task: cache}` by id."""
-
-  def __init__(self, caches: Mapping[str, LogitCache]):
-    groups: dict[int, tuple[LogitCache, list[str]]] = {}
-    for task, c in caches.items():
-      groups.setdefault(id(c), (c, []))[1].append(task)
-    self._groups = list(groups.values())  # One lookup per cache per batch.
-
-  def __call__(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-    out = {}
-    for c, tasks in self._groups:
-      got = c.lookup(ids)
-      out.update({t: got[t] for t in tasks})
-    return out

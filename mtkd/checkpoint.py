@@ -13,6 +13,7 @@ Invariants:
   deleted) and the previous step is tried.
 """
 
+import json
 import os
 import shutil
 import sys
@@ -93,6 +94,18 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001 - any failure means unusable.
       return f"{type(e).__name__}: {str(e)[:300]}"
     return None
+
+  def quarantine_unfinished(self) -> None:
+    """Moves aside steps whose Orbax metadata is missing or unreadable (a
+    kill during finalisation): they can be neither restored nor ranked, so
+    retention would otherwise keep them forever."""
+    for step in self.all_steps():
+      path = os.path.join(self.directory, str(step), "_CHECKPOINT_METADATA")
+      try:
+        with open(path) as f:
+          json.load(f)
+      except (OSError, ValueError) as e:
+        self._quarantine(step, f"unfinished write ({type(e).__name__})")
 
   def restore_latest(self, like: Any) -> tuple[int, Any, dict] | None:
     """The newest checkpoint that restores and verifies, or None.

@@ -82,6 +82,7 @@ def fit(stage: Stage, strategy: parallel.Jit) -> train.TrainState:
       train.make_init(stage.net, stage.tx, stage.input_shape, stage.extra),
       init_rng)
   ckpt = checkpoint.Checkpointer(os.path.join(stage.directory, "checkpoints"))
+  ckpt.quarantine_unfinished()
   meta = {"stage": stage.name, "config": stage.config,
           "config_hash": configs_util.fingerprint(stage.config),
           # The stream is indexed by step: resuming at step s reads ds[s:].

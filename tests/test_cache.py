@@ -8,7 +8,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from mtkd import cache
+from mtkd import cache, teachers
 from mtkd.errors import UserError
 
 META = {"teacher": "t", "teacher_fingerprint": "abc",
@@ -155,15 +155,19 @@ def test_each_process_writes_only_its_shards(tmp_path):
 
 def test_teacher_join_routes_tasks(tmp_path):
   c1 = cache.LogitCache(_build(tmp_path / "x"), META)
-  other = {"c": np.arange(14, dtype=np.float32).reshape(7, 2)}
+  other = {"b": np.arange(28, dtype=np.float32).reshape(7, 4)}
   cache.build(str(tmp_path / "y"), 7, 7,
-              lambda a, b: (IDS[a:b], {"c": other["c"][a:b]}), META, "float32")
+              lambda a, b: (IDS[a:b], {"b": other["b"][a:b]}), META, "float32")
   c2 = cache.LogitCache(str(tmp_path / "y"), META)
-  join = cache.TeacherJoin({"a": c1, "c": c2})
-  got = join(np.array([9]))
-  assert sorted(got) == ["a", "c"]
-  np.testing.assert_array_equal(got["c"], other["c"][[2]])
-  np.testing.assert_array_equal(got["a"], LOGITS["a"][[2]])
+  # Task a from teacher t1; task b from the ensemble of t1 and t2.
+  join = teachers.CachedJoin({"t1": c1, "t2": c2},
+                             {"a": ["t1"], "b": ["t1", "t2"]})
+  got = join(np.array([9, 5]))["teacher"]  # Rows 2 and 0.
+  assert sorted(got) == ["a", "b"]
+  np.testing.assert_array_equal(got["a"], LOGITS["a"][[2, 0]][:, None])
+  assert got["b"].shape == (2, 2, 4)  # [B, K, C].
+  np.testing.assert_array_equal(got["b"][:, 0], LOGITS["b"][[2, 0]])
+  np.testing.assert_array_equal(got["b"][:, 1], other["b"][[2, 0]])
 
 
 # ------------------------------------------------- bfloat16 and top-k storage

@@ -233,8 +233,8 @@ def test_eval_stream_pads_and_masks():
 
 def test_join_by_id():
   split = _split(8)
-  def join(ids):
-    return {"t": np.stack([ids, -ids], 1).astype(np.float32)}
+  def join(ids):  # A join returns extra batch entries.
+    return {"teacher": {"t": np.stack([ids, -ids], 1).astype(np.float32)}}
   ds = pipeline.train_stream(split, split.labels, 4, seed=0, join=join)
   b = ds[0]
   np.testing.assert_array_equal(b["teacher"]["t"][:, 0], b["ids"])

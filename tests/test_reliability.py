@@ -382,3 +382,19 @@ def test_kill9_during_a_checkpoint_write(tmp_path):
   assert "student: resuming at step 5/20" in r.stdout + r.stderr
   assert (w / "results.json").read_bytes() == (ref / "results.json").read_bytes()
   assert _final_fingerprint(w, "student") == _final_fingerprint(ref, "student")
+
+
+def test_unfinished_checkpoint_write_is_moved_aside(tmp_path):
+  """A kill between Orbax's rename and its metadata write leaves a step
+  that can be neither restored nor ranked: the next run moves it aside."""
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "s" / "checkpoints"))
+  state = {"w": np.arange(3.0)}
+  for step in (5, 10):
+    ckpt.save(step, state, {"config": {}}, force=True, loss=float(step))
+  ckpt.wait()
+  os.remove(tmp_path / "s" / "checkpoints" / "5" / "_CHECKPOINT_METADATA")
+  ckpt.quarantine_unfinished()
+  assert ckpt.all_steps() == [10]
+  moved = os.listdir(tmp_path / "s" / "corrupt_checkpoints")
+  assert len(moved) == 1 and moved[0].startswith("5-")
+  ckpt.close()
