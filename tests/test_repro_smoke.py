@@ -35,11 +35,11 @@ def shrink(c):
     c.teacher.model = dict(name="mlp", hidden=(32,))
   if c.teacher.ensemble == 1 and not c.teacher.models:
     c.teacher.kind = "multi"
-  c.student.steps, c.teacher.steps = 16, 24
+  c.student.steps, c.teacher.steps = 8, 8
   c.log_every, c.checkpoint_every = 8, 1000
   for s in c.student.stages.values():
     if s.get("steps", -1) > 0:
-      s.steps = 8
+      s.steps = 4
   return c
 
 
@@ -81,15 +81,17 @@ def test_all_repro_configs_load():
 
 def test_hinton_smoke_and_report(tmp_path):
   root = str(tmp_path)
+  base = repro_hinton.folder(repro_hinton.MAIN_SHIFT)
   res = {}
   for t in (20.0, 2.0):
-    sub = f"hinton/T{t:g}_s0"
+    sub = f"{base}/T{t:g}_s0"
     allow = t != 20.0
     if allow:  # The driver's re-use of the first T's baseline.
-      repro_hinton.reuse_baseline(os.path.join(root, "hinton/T20_s0"),
+      repro_hinton.reuse_baseline(os.path.join(root, base, "T20_s0"),
                                   os.path.join(root, sub))
-    res[t] = smoke_run("repro_hinton", "", root, sub,
-                       {"seed": 0, "distill.temperature": t}, allow)
+    res[t] = smoke_run("repro_hinton", f"shift={repro_hinton.MAIN_SHIFT}",
+                       root, sub, {"seed": 0, "distill.temperature": t},
+                       allow)
   for task in res[20.0]:  # KL@T differs by construction; the model not.
     for k in ("accuracy", "loss", "agreement", "kl_t1"):
       assert res[2.0][task]["baseline"][k] == res[20.0][task]["baseline"][k]
