@@ -168,16 +168,21 @@ def teacher_table(recs) -> str:
     if r["model"] == "teacher" and k not in seen:
       seen.add(k)
       one.append(r)
-  rows = report.table(one, ["teacher.kind", "teacher.ensemble"], "accuracy")
+  key = ["teacher.kind", "teacher.ensemble"]
+  users: dict[tuple, set] = {}
+  for r in recs:
+    g = tuple(report.get_path(r["config"], k) for k in key)
+    users.setdefault(g, set()).add(r["config"]["repro"]["method"])
+  rows = report.table(one, key, "accuracy")
   body = []
   for r in rows:
-    if r["model"] != "teacher":
-      continue
-    body.append([f"{r['group']['teacher.kind']} x"
-                 f"{r['group']['teacher.ensemble']}", r["task"],
-                 rc.cell([r]), str(r["n"])])
-  return rc.markdown(["teachers", "task", "accuracy %", "n (seeds)"], body,
-                     right_from=2)
+    g = tuple(r["group"][k] for k in key)
+    used = sorted(users.get(g, ()))
+    body.append([f"{g[0]} ×{g[1]}", ", ".join(used) if len(used) <= 3 else
+                 f"{len(used)} methods", r["task"], rc.cell([r]),
+                 str(r["n"])])
+  return rc.markdown(["teachers", "used by", "task", "accuracy %",
+                      "n (seeds)"], body, right_from=3)
 
 
 def write_reports(root: str, figures: str) -> None:
