@@ -1,8 +1,8 @@
 """Prediction over whole splits, and metrics computed on the host.
 
 Predictions pad the last batch and drop the padding, so every example counts
-exactly once. Metrics are recomputed in float64 numpy from the logits: an
-implementation independent of the jax losses used for training.
+exactly once. Metrics are computed per task kind in `mtkd.tasks`, in float64
+numpy: an implementation independent of the jax losses used for training.
 """
 
 from collections.abc import Mapping
@@ -38,37 +38,6 @@ def _to_host(x: jax.Array) -> np.ndarray:
   if jax.process_count() > 1:
     x = multihost_utils.process_allgather(x, tiled=True)
   return np.asarray(x, np.float32)
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-  x = np.asarray(x, np.float64)
-  x = x - x.max(-1, keepdims=True)
-  return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def classification(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-  """Accuracy and mean CE over labelled (label >= 0) examples."""
-  keep = labels >= 0
-  logits, labels = logits[keep], labels[keep]
-  logp = _log_softmax(logits)
-  return {"accuracy": float(np.mean(logits.argmax(-1) == labels)),
-          "loss": float(-np.mean(logp[np.arange(len(labels)), labels])),
-          "count": int(keep.sum())}
-
-
-def kl(teacher: np.ndarray, student: np.ndarray, temperature: float) -> float:
-  """Mean over examples of KL(softmax(t/T) || softmax(s/T)) (no T^2)."""
-  lt, ls = _log_softmax(teacher / temperature), _log_softmax(
-      student / temperature)
-  return float(np.mean(np.sum(np.exp(lt) * (lt - ls), -1)))
-
-
-def agreement(student: np.ndarray, teacher: np.ndarray,
-              temperature: float) -> dict[str, float]:
-  """Top-1 agreement with the teacher, and KL at T and at T=1."""
-  return {"agreement": float(np.mean(student.argmax(-1) == teacher.argmax(-1))),
-          "kl": kl(teacher, student, temperature),
-          "kl_t1": kl(teacher, student, 1.0)}
 
 
 def format_table(results: Mapping[str, Mapping[str, Mapping[str, float]]],

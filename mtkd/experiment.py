@@ -169,10 +169,10 @@ def check_config(config, ds: datasets.Dataset, mesh) -> tuple[TaskSpec, ...]:
 def trunk_mask(params) -> dict:
   """True for the exported model's shared trunk (what PCGrad projects and
   what `freeze='trunk'` holds fixed); False for heads, adaptors, peers."""
-  def part(name, sub, shared):
-    return jax.tree.map(lambda _: shared, sub)
-  return {k: ({m: part(m, sub, m == "trunk") for m, sub in v.items()}
-              if k == "model" else part(k, v, False))
+  def fill(tree, value):
+    return jax.tree.map(lambda _: value, tree)
+  return {k: ({m: fill(sub, m == "trunk") for m, sub in v.items()}
+              if k == "model" else fill(v, False))
           for k, v in params.items()}
 
 
