@@ -13,12 +13,20 @@ configurations (the minimum is least affected by other jobs):
   pipeline, ds[k] in one thread      the stream's batches, no threads
   pipeline, iterate()                mtkd's `pipeline.iterate` (grain, 2
                                      threads, 8 batches prefetched)
-  iterate() + put_batch              ... then host -> device
+  iterate() + put_batch              ... then host -> device (mtkd's
+                                     strategy.put_batch: packed, one
+                                     transfer per dtype)
+  iterate() + put per array          ... the previous put, one transfer per
+                                     batch array
   jitted step alone                  one device batch reused
   metric sums: tree.map(jnp.add)     loop.py's per-step accumulation of the
                                      ~22 metric scalars (one dispatch each)
   metric sums: one jitted add        the same sums as one jitted call
   loop (mtkd now)                    iterate, put, step, metric sums
+                                     (`loop.accumulate`: one jitted add)
+  loop as before                     the same with mtkd's previous put (one
+                                     transfer per batch array) and per-leaf
+                                     metric sums
   loop + prefetch_to_device(2)       the same, put in a background thread
   ... synced                         the same two, blocking on each step's
                                      metrics: the host waits for the device
@@ -52,8 +60,9 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-from mtkd import cache  # noqa: E402
+from mtkd import cache, sharding  # noqa: E402
 from mtkd.data import pipeline  # noqa: E402
+from mtkd.loop import accumulate  # noqa: E402
 from mtkd.prefetch import prefetch_to_device  # noqa: E402
 
 META = {"teacher": "synthetic", "teacher_fingerprint": "-",
@@ -104,13 +113,14 @@ class Bench:
 
     return self._timed(body, lambda: None)
 
-  def iterate(self, put: bool = False):
+  def iterate(self, put: bool = False, before: bool = False):
     it = pipeline.iterate(self.ds, 0, self.warmup + self.steps)
     last = [None]
+    put_fn = self.put_dict if before else self.student.put
 
     def body(i):
       b = next(it)
-      last[0] = self.student.put(b) if put else b
+      last[0] = put_fn(b) if put else b
       return 0.0
 
     return self._timed(body, lambda: jax.block_until_ready(last))
@@ -135,22 +145,35 @@ class Bench:
 
     return self._timed(body, lambda: jax.block_until_ready(sums))
 
-  def loop(self, prefetch: bool, sync: bool, plain: bool = False):
-    """The loop.py body: next batch, put, step, metric sums."""
+  def put_dict(self, b):
+    """The transfer mtkd made before packing: one array per batch leaf."""
+    return sharding.put_batch(b, self.student.strategy.mesh)
+
+  def loop(self, prefetch: bool, sync: bool, plain: bool = False,
+           before: bool = False):
+    """The loop.py body: next batch, put, step, metric sums. `before`: as
+    mtkd did it before the performance work (a dict put, one array per
+    leaf; per-leaf metric sums) instead of a packed put and
+    `loop.accumulate`."""
     ds, step = self.plain if plain else (self.ds, self.step)
     source = pipeline.iterate(ds, 0, self.warmup + self.steps)
-    it = (prefetch_to_device(source, self.student.put, 2) if prefetch
-          else source)
-    state, sums = [self.student.fresh_state()], [None]
+    put = self.put_dict if before else self.student.put
+    it = prefetch_to_device(source, put, 2) if prefetch else source
+    state, sums = [self.student.fresh_state()], [None, None]
 
     def body(i):
       t0 = time.perf_counter()
       b = next(it)
       if not prefetch:
-        b = self.student.put(b)
+        b = put(b)
       idle = time.perf_counter() - t0
       state[0], m = step(state[0], b, self.key)
-      sums[0] = m if sums[0] is None else jax.tree.map(jnp.add, sums[0], m)
+      if before:
+        sums[0] = m if sums[0] is None else jax.tree.map(jnp.add, sums[0], m)
+        sums[1] = m["loss"] if sums[1] is None else jax.tree.map(
+            jnp.add, sums[1], m["loss"])
+      else:
+        sums[:] = accumulate(sums[0], sums[1], m)
       if sync:
         jax.block_until_ready(m)
       return idle
@@ -191,6 +214,8 @@ def main() -> None:
         "pipeline, ds[k] in one thread": bench.one_thread,
         "pipeline, iterate() (grain: 2 threads, prefetch 8)": bench.iterate,
         "iterate() + put_batch": lambda: bench.iterate(put=True),
+        "iterate() + put per array (mtkd before)": lambda: bench.iterate(
+            put=True, before=True),
         "jitted step alone (device batch reused)": bench.step_only,
         "metric sums: tree.map(jnp.add), per step": lambda: bench.metric_sums(
             False),
@@ -198,6 +223,8 @@ def main() -> None:
             True),
         "loop (mtkd now: iterate, put, step, sums)": lambda: bench.loop(
             False, False),
+        "loop as before (put per array, per-leaf sums)": lambda: bench.loop(
+            False, False, before=True),
         "loop + prefetch_to_device(size=2)": lambda: bench.loop(True, False),
         "loop, synced each step": lambda: bench.loop(False, True),
         "loop + prefetch_to_device, synced each step": lambda: bench.loop(
@@ -229,7 +256,13 @@ def main() -> None:
   pre = med["loop + prefetch_to_device(size=2)"][0]
   plain = med["plain loop (supervised, no teacher; mtkd now)"][0]
   plain_pre = med["plain loop + prefetch_to_device(size=2)"][0]
-  print(f"\nprefetch_to_device: KD loop {1e3 * loop:.2f} -> {1e3 * pre:.2f} "
+  before = med["loop as before (put per array, per-leaf sums)"][0]
+  put_old = med["iterate() + put per array (mtkd before)"][0]
+  put_new = med["iterate() + put_batch"][0]
+  print(f"\nPacked put + one jitted metric add: loop {1e3 * before:.2f} -> "
+        f"{1e3 * loop:.2f} ms/batch ({before / loop:.2f}x); iterate + put "
+        f"{1e3 * put_old:.2f} -> {1e3 * put_new:.2f} ms/batch.")
+  print(f"prefetch_to_device: KD loop {1e3 * loop:.2f} -> {1e3 * pre:.2f} "
         f"ms/batch ({loop / pre:.2f}x), plain loop {1e3 * plain:.2f} -> "
         f"{1e3 * plain_pre:.2f} ({plain / plain_pre:.2f}x). Cached-KD loop "
         f"rate / plain loop rate: {plain / loop:.2f} (no prefetch), "

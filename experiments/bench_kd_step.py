@@ -10,10 +10,16 @@ measured in bench_input_pipeline.py):
 
 Targets (issue 7): cached >= 0.95x plain examples/s; online time / cached
 time close to the ideal 1 + teacher_forward / student_step, both measured
-here. Timings interleave the variants (round robin, median of repeats) so a
-busy machine slows them alike.
+here ("ideal / measured" >= 0.9: the online step's throughput is within
+10 % of what a teacher forward pass added to the cached step would give).
+Timings interleave the variants (round robin, median of repeats) so a busy
+machine slows them alike. A second table gives XLA's FLOP count per step,
+the rate achieved and, with --peak_tflops, the model FLOPs utilisation.
 
   .venv/bin/python experiments/bench_kd_step.py [--quick]
+  # GPU (issue 7, pending here): bf16 compute, H100 SXM dense bf16 peak
+  .venv/bin/python experiments/bench_kd_step.py --dtype=bfloat16 \
+      --peak_tflops=989
 """
 
 import argparse
@@ -37,8 +43,16 @@ TASKS = ("left", "right")
 SHAPE, BATCH = (36, 36, 1), 128
 
 
-def _build(pair: str):
-  t_cfg, s_cfg = PAIRS[pair]
+def _flops(jitted, *args) -> float:
+  """XLA's FLOP count for one call (nan when the backend gives none)."""
+  cost = jitted.lower(*args).compile().cost_analysis()
+  if isinstance(cost, list | tuple):  # Older jax: one dict per program.
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", float("nan")))
+
+
+def _build(pair: str, dtype: str = "float32"):
+  t_cfg, s_cfg = (dict(c, dtype=dtype) for c in PAIRS[pair])
   classes = {t: 10 for t in TASKS}
   specs = tuple(objectives.TaskSpec(t, 10, temperature=2.0, alpha=0.5)
                 for t in TASKS)
@@ -56,7 +70,7 @@ def _build(pair: str):
                        for t in TASKS}}
   strategy = parallel.Jit(sharding.make_mesh(devices=jax.devices()[:1]))
   online = teachers.online({"t": teacher}, {t: ["t"] for t in TASKS})
-  variants = {}
+  variants, flops = {}, {}
   for name, obj, fn in (("plain", "supervised", None),
                         ("cached", "distill", None),
                         ("online", "distill", online)):
@@ -70,10 +84,13 @@ def _build(pair: str):
     b = dict(batch)
     if name != "cached":
       b.pop("teacher")
-    variants[name] = (step, state, strategy.put_batch(b))
+    device_batch = strategy.put_batch(b)
+    variants[name] = (step, state, device_batch)
+    flops[name] = _flops(step, state, device_batch, jax.random.key(1))
   fwd = jax.jit(lambda p, x: teacher.apply({"params": p}, x))
   x = jax.device_put(batch["inputs"])
-  return variants, (fwd, t_params, x)
+  flops["teacher_forward"] = _flops(fwd, t_params, x)
+  return variants, (fwd, t_params, x), flops
 
 
 def _time(fn, steps: int) -> float:
@@ -82,8 +99,10 @@ def _time(fn, steps: int) -> float:
   return (time.perf_counter() - t0) / steps
 
 
-def bench(pair: str, steps: int, repeats: int) -> dict:
-  variants, (fwd, t_params, x) = _build(pair)
+def bench(pair: str, steps: int, repeats: int, dtype: str
+          ) -> tuple[dict, dict]:
+  """(median seconds per call, XLA FLOPs per call) per variant."""
+  variants, (fwd, t_params, x), flops = _build(pair, dtype)
   states = {k: v[1] for k, v in variants.items()}
   key = jax.random.key(1)
 
@@ -110,26 +129,45 @@ def bench(pair: str, steps: int, repeats: int) -> dict:
   for _ in range(repeats):
     for k, f in fns.items():
       times[k].append(_time(f, steps))
-  return {k: statistics.median(v) for k, v in times.items()}
+  return {k: statistics.median(v) for k, v in times.items()}, flops
 
 
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--quick", action="store_true")
+  p.add_argument("--dtype", default="float32",
+                 help="models' compute dtype (bfloat16 on accelerators)")
+  p.add_argument("--peak_tflops", type=float, default=0.0,
+                 help="the device's peak TFLOP/s at --dtype, for MFU")
   a = p.parse_args()
   steps, repeats = (20, 3) if a.quick else (100, 5)
-  print(f"jax {jax.__version__}, {jax.devices()[0].platform}, batch {BATCH}, "
-        f"{steps} steps x {repeats} repeats (median), interleaved.\n")
+  print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, batch "
+        f"{BATCH}, compute dtype {a.dtype}, {steps} steps x {repeats} "
+        "repeats (median), interleaved.\n")
+  results = {pair: bench(pair, steps, repeats, a.dtype) for pair in PAIRS}
   print("| pair | plain ex/s | cached ex/s | online ex/s | cached/plain | "
-        "teacher fwd ms | student step ms | online/cached time | ideal |")
-  print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-  for pair in PAIRS:
-    t = bench(pair, steps, repeats)
+        "teacher fwd ms | student step ms | online/cached time | ideal | "
+        "ideal / measured |")
+  print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+  for pair, (t, _) in results.items():
     ideal = 1 + t["teacher_forward"] / t["cached"]
     print(f"| {pair} | {BATCH / t['plain']:,.0f} | {BATCH / t['cached']:,.0f}"
           f" | {BATCH / t['online']:,.0f} | {t['plain'] / t['cached']:.3f} | "
           f"{1e3 * t['teacher_forward']:.2f} | {1e3 * t['cached']:.2f} | "
-          f"{t['online'] / t['cached']:.3f} | {ideal:.3f} |", flush=True)
+          f"{t['online'] / t['cached']:.3f} | {ideal:.3f} | "
+          f"{ideal / (t['online'] / t['cached']):.2f} |", flush=True)
+  print("\nXLA's FLOP count per step (cost analysis) and the rate achieved"
+        + (f"; MFU against {a.peak_tflops:g} peak TFLOP/s" if a.peak_tflops
+           else "; pass --peak_tflops for MFU") + ":\n")
+  print("| pair | variant | GFLOP/step | TFLOP/s | MFU |")
+  print("|---|---|---:|---:|---:|")
+  for pair, (t, flops) in results.items():
+    for name in ("plain", "cached", "online"):
+      rate = flops[name] / t[name] / 1e12
+      mfu = f"{100 * rate / a.peak_tflops:.1f} %" if a.peak_tflops else ""
+      print(f"| {pair} | {name} | {flops[name] / 1e9:.3f} | {rate:.3f} | "
+            f"{mfu} |")
+
 
 
 if __name__ == "__main__":

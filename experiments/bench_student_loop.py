@@ -21,13 +21,13 @@ import time
 
 import grain
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import flags
 
 from mtkd import models, objectives, parallel, sharding, train
 from mtkd.data import datasets, pipeline
+from mtkd.loop import accumulate
 
 
 def _ms(fn, n):
@@ -82,10 +82,10 @@ def main() -> None:
     return s
 
   def full_loop():
-    s, sums = fresh_state(), None
+    s, sums, since = fresh_state(), None, None
     for b in pipeline.iterate(ds, 0, steps):
       s, m = step(s, strategy.put_batch(b), key)
-      sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+      sums, since = accumulate(sums, since, m)
     return s
 
   rows = {

@@ -221,6 +221,19 @@ def seeds(args) -> list[int]:
   return [int(s) for s in args.seeds.split(",") if s]
 
 
+def driver_main(doc: str, methods, run_all, write_reports, argv=None) -> int:
+  """A per-method driver's CLI: `run_all(root, methods, seeds)` unless
+  --report_only, then `write_reports(root, figures)`."""
+  ap = parser(doc)
+  ap.add_argument("--methods", default=",".join(methods))
+  args = ap.parse_args(argv)
+  if not args.report_only:
+    run_all(args.root, [m for m in args.methods.split(",") if m],
+            seeds(args))
+  write_reports(args.root, args.figures)
+  return 0
+
+
 def wall_time_line(workdirs: Iterable[str]) -> str:
   """'Wall time: sum of timings.json totals ...' for a report."""
   totals, teachers = [], []

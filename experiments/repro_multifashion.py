@@ -255,14 +255,7 @@ def write_reports(root: str, figures: str) -> None:
 
 
 def main(argv=None) -> int:
-  ap = rc.parser(__doc__)
-  ap.add_argument("--methods", default=",".join(METHODS))
-  args = ap.parse_args(argv)
-  if not args.report_only:
-    run_all(args.root, [m for m in args.methods.split(",") if m],
-            rc.seeds(args))
-  write_reports(args.root, args.figures)
-  return 0
+  return rc.driver_main(__doc__, METHODS, run_all, write_reports, argv)
 
 
 if __name__ == "__main__":

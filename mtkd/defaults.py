@@ -108,6 +108,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000
   c.log_every = 100
   c.checkpoint_every = 500
+  # Batches placed on device ahead of the step by a background thread
+  # (`mtkd.prefetch`); 0 = put in the loop. No gain on a 2-core CPU host
+  # (experiments/README.md); meant for accelerator hosts with spare cores.
+  c.prefetch_to_device = 0
 
   return c
 

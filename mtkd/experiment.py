@@ -102,6 +102,13 @@ def check_config(config, ds: datasets.Dataset, mesh) -> tuple[TaskSpec, ...]:
                     f"{list(ds.tasks)}).")
   specs = task_specs(config, ds)
   for s in specs:
+    labelled = np.asarray(tasks.kind(s).labelled(ds.test.labels[s.name]))
+    if not labelled.any():
+      raise UserError(
+          f"Task {s.name!r} has no labelled example in the test split of "
+          f"{config.data.name!r} ({len(ds.test)} rows), so its metrics "
+          "cannot be measured. Fix: use a test split with labels for every "
+          "task, or drop the task from the dataset.")
     if not s.temperature > 0:
       raise UserError(f"Temperature for task {s.name!r} is {s.temperature}; "
                       "it must be > 0 (typical: 1 to 20).")
@@ -301,7 +308,10 @@ def _teachers(r: _Run, source_params, feature_layer: str) -> _Teachers:
         pipeline.train_stream(r.ds.train, r.ds.train.labels, c.batch_size,
                               m.seed),
         c.steps, c.batch_size,
-        dict(r.common, teacher=configs_util.to_dict(c), model=m.model_cfg,
+        # Not `workdir`: where teachers live does not change them, and runs
+        # that share a teacher directory must agree on everything else.
+        dict(r.common, teacher={k: v for k, v in configs_util.to_dict(c).items()
+                                if k != "workdir"}, model=m.model_cfg,
              tasks=list(m.tasks), seed=m.seed,
              source=bool(source_params is not None and init)),
         augment=augment.make(c.get("augment")), init_params=init,
@@ -392,10 +402,17 @@ def _student_stage(r: _Run, name: str, s: dict, model, t: _Teachers,
     init = lambda p: transplant(p, prev_params[s["init"]],  # noqa: E731
                                 s["init_parts"], where)
   frozen = trunk_mask if s["freeze"] == "trunk" else None
+  # Only what this stage reads: the other stages' plans, and the tasks' KD
+  # temperature and alpha for a stage without a teacher (the baseline), do
+  # not change its result, so changing them must not refuse its checkpoint.
+  kd_keys = () if objective.needs_teacher else ("temperature", "alpha")
   stage_config = dict(
-      r.common, student=configs_util.to_dict(config.student), stage=s,
+      r.common, stage=s,
+      student={k: v for k, v in configs_util.to_dict(config.student).items()
+               if k != "stages"},
       num_labeled=config.data.num_labeled, label_seed=config.data.label_seed,
-      tasks=[dataclasses.asdict(sp) for sp in r.specs],
+      tasks=[{k: v for k, v in dataclasses.asdict(sp).items()
+              if k not in kd_keys} for sp in r.specs],
       weighting=wcfg, augment=configs_util.to_dict(config.student.augment))
   if objective.needs_teacher or adaptors:
     stage_config.update(
@@ -434,6 +451,7 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
            dict(log_every=config.log_every,
                 checkpoint_every=config.checkpoint_every,
                 nonfinite=config.nonfinite,
+                prefetch=config.get("prefetch_to_device", 0),
                 allow_config_change=allow_config_change),
            {"dataset": config.data.name,
             "dataset_fingerprint": ds.train.fingerprint(),

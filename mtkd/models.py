@@ -10,6 +10,11 @@ count, so a trunk checkpoint can be re-used with new heads by name.
 needs: feature adaptors and, for mutual learning, peer models. Evaluation,
 caching and transfer read `params["model"]` alone, so those extras never leak
 into the exported student.
+
+Mixed precision: a trunk's `dtype` (e.g. `config.student.model.dtype=
+'bfloat16'`) is its compute dtype; parameters and optimizer state stay
+float32 (Flax's `param_dtype`), and the heads compute in float32. bfloat16
+is for accelerators: XLA:CPU emulates it, slower than float32.
 """
 
 from collections.abc import Mapping, Sequence
@@ -50,13 +55,14 @@ class MLP(nn.Module):
   """Flatten, then Dense + ReLU (+ dropout) per hidden layer."""
   hidden: Sequence[int] = (128,)
   dropout: float = 0.0
+  dtype: str = "float32"  # Compute dtype (see the module docstring).
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False):
     x = x.reshape(x.shape[0], -1)
     blocks = {}
     for i, width in enumerate(self.hidden):
-      x = nn.relu(nn.Dense(width)(x))
+      x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
       blocks[f"block_{i}"] = x
       if self.dropout:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -72,6 +78,7 @@ class PatchCNN(nn.Module):
   channels: Sequence[int] = (32, 64)
   dense: int = 256
   dropout: float = 0.0
+  dtype: str = "float32"  # Compute dtype (see the module docstring).
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False):
@@ -79,10 +86,10 @@ class PatchCNN(nn.Module):
       x = x[..., None]
     blocks = {}
     for i, c in enumerate(self.channels):
-      x = nn.relu(nn.Dense(c)(space_to_depth(x)))
+      x = nn.relu(nn.Dense(c, dtype=self.dtype)(space_to_depth(x)))
       blocks[f"block_{i}"] = x
     x = x.reshape(x.shape[0], -1)
-    x = nn.relu(nn.Dense(self.dense)(x))
+    x = nn.relu(nn.Dense(self.dense, dtype=self.dtype)(x))
     blocks[f"block_{len(self.channels)}"] = x
     if self.dropout:
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -91,6 +98,9 @@ class PatchCNN(nn.Module):
 
 class MultiHead(nn.Module):
   """A shared trunk and one linear head per task; returns {task: logits}.
+
+  Heads compute in float32 whatever the trunk's dtype, so logits, losses
+  and cached teacher outputs are float32.
 
   With `with_features`, returns `(logits, blocks)` where `blocks` holds the
   trunk's intermediate activations plus `representation` (the trunk output).
@@ -102,6 +112,7 @@ class MultiHead(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False,
                with_features: bool = False):
     features, blocks = self.trunk(x, train=train)
+    features = features.astype(jnp.float32)
     logits = {task: nn.Dense(n, name=f"head_{task}")(features)
               for task, n in self.heads}
     if with_features:

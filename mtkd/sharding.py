@@ -97,11 +97,19 @@ def process_rows(n: int) -> slice:
   return slice(index * per, (index + 1) * per)
 
 
+HOST_KEYS = ("ids",)  # Batch entries the host keeps (joins, bookkeeping).
+
+
+def device_part(batch: dict) -> dict:
+  return {k: v for k, v in batch.items() if k not in HOST_KEYS}
+
+
 def put_batch(batch, mesh: Mesh):
   """This process's rows of a batch -> global arrays sharded over the batch
-  axes (host-only keys such as `ids` are dropped)."""
+  axes. `batch` is a dict (host-only keys such as `ids` are dropped) or any
+  pytree of arrays sharing the leading dimension (`packing.Packed`)."""
   sharding = batch_sharding(mesh)
-  device_batch = {k: v for k, v in batch.items() if k != "ids"}
+  device_batch = device_part(batch) if isinstance(batch, dict) else batch
   if jax.process_count() == 1:  # One batched transfer: ~2x faster here.
     return jax.device_put(device_batch, sharding)
   return jax.tree.map(

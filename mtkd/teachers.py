@@ -95,8 +95,11 @@ class CachedJoin:
 
   def __call__(self, ids: np.ndarray) -> dict:
     looked = {name: c.lookup(ids) for name, c in self.caches.items()}
-    out = {"teacher": {task: np.stack([looked[n][task] for n in names], 1)
-                       for task, names in self.by_task.items()}}
+    # One member (the common case) is a view, not another copy of the rows.
+    out = {"teacher": {
+        task: (looked[names[0]][task][:, None] if len(names) == 1 else
+               np.stack([looked[n][task] for n in names], 1))
+        for task, names in self.by_task.items()}}
     if self.features:
       out["teacher_features"] = {
           group: looked[name][f"feat_{self.layer}"]

@@ -27,12 +27,21 @@ def token_ids(x: jax.Array, vocab_size: int) -> tuple[jax.Array, jax.Array]:
 
 
 def _features(x: jax.Array, hidden: int, dropout: float,
-              train: bool) -> jax.Array:
+              train: bool, dtype: str) -> jax.Array:
   """Dense + ReLU (+ dropout); call inside a compact method."""
-  x = nn.relu(nn.Dense(hidden)(x))
+  x = nn.relu(nn.Dense(hidden, dtype=dtype)(x))
   if dropout:
     x = nn.Dropout(dropout, deterministic=not train)(x)
   return x
+
+
+def _embed(x: jax.Array, vocab_size: int, dim: int, dtype: str
+           ) -> tuple[jax.Array, jax.Array]:
+  """Token embeddings `[B, L, dim]`, zero at pads, and the pad mask
+  `[B, L, 1]` (1 = token), in `dtype`; call inside a compact method."""
+  ids, mask = token_ids(x, vocab_size)
+  m = mask[..., None].astype(dtype)
+  return nn.Embed(vocab_size, dim, dtype=dtype)(ids) * m, m
 
 
 @TRUNKS.register("text_cnn")
@@ -45,17 +54,17 @@ class TextCNN(nn.Module):
   width: int = 3
   hidden: int = 128
   dropout: float = 0.0
+  dtype: str = "float32"  # Compute dtype (models.py's docstring).
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False):
-    ids, mask = token_ids(x, self.vocab_size)
-    m = mask[..., None].astype(jnp.float32)
-    e = nn.Embed(self.vocab_size, self.embed_dim)(ids) * m
-    h = nn.relu(nn.Conv(self.channels, (self.width,), padding="SAME")(e))
+    e, m = _embed(x, self.vocab_size, self.embed_dim, self.dtype)
+    h = nn.relu(nn.Conv(self.channels, (self.width,), padding="SAME",
+                        dtype=self.dtype)(e))
     # ReLU output is >= 0, so zeroing pads then taking the max equals the
     # max over non-pad positions; an all-pad row gives 0, not -inf.
     pooled = jnp.max(h * m, axis=1)
-    return (_features(pooled, self.hidden, self.dropout, train),
+    return (_features(pooled, self.hidden, self.dropout, train, self.dtype),
             {"pooled": pooled})
 
 
@@ -67,12 +76,11 @@ class BagOfEmbeddings(nn.Module):
   embed_dim: int = 64
   hidden: int = 128
   dropout: float = 0.0
+  dtype: str = "float32"  # Compute dtype (models.py's docstring).
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False):
-    ids, mask = token_ids(x, self.vocab_size)
-    m = mask[..., None].astype(jnp.float32)
-    e = nn.Embed(self.vocab_size, self.embed_dim)(ids)
-    mean = jnp.sum(e * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
-    return (_features(mean, self.hidden, self.dropout, train),
+    e, m = _embed(x, self.vocab_size, self.embed_dim, self.dtype)
+    mean = jnp.sum(e, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+    return (_features(mean, self.hidden, self.dropout, train, self.dtype),
             {"mean_embedding": mean})

@@ -1,5 +1,6 @@
 """End-to-end smoke runs of the pipeline, in-process and through the CLI."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -68,6 +69,47 @@ def test_pipeline_end_to_end_on_digits(digits_run):
   c.student.optimizer.learning_rate = 0.5
   with pytest.raises(UserError, match="student.optimizer.learning_rate"):
     experiment.run(c, w)
+  # The KD temperature changes the student, not the labels-only baseline:
+  # the baseline's checkpoint is accepted, and the student's refused.
+  c = _smoke(name="digits")
+  c.distill.temperature = 7.0
+  with pytest.raises(UserError, match="stage 'student'.*distill.temperature"):
+    experiment.run(c, w)
+
+
+def test_teachers_are_shared_through_teacher_workdir(tmp_path, digits_run):
+  """A run pointing teacher.workdir at another run's directory reuses its
+  teachers and caches: where they live is not a teacher setting."""
+  w, results = digits_run
+  ckpt = os.path.join(w, "teachers", "digit", "checkpoints")
+  before = {f: os.stat(os.path.join(ckpt, f)).st_mtime_ns
+            for f in os.listdir(ckpt)}
+  c = _smoke(name="digits")
+  c.teacher.workdir = w
+  c.baseline = False
+  got = experiment.run(c, str(tmp_path / "w2"))
+  assert {f: os.stat(os.path.join(ckpt, f)).st_mtime_ns
+          for f in os.listdir(ckpt)} == before
+  assert not os.path.exists(tmp_path / "w2" / "teachers")
+  for task in results:
+    assert got[task]["teacher"] == results[task]["teacher"]
+    np.testing.assert_allclose(got[task]["student"]["accuracy"],
+                               results[task]["student"]["accuracy"])
+
+
+def test_task_without_labelled_test_rows_is_refused(tmp_path, monkeypatch):
+  real = datasets.build
+
+  def build(cfg):
+    ds = real(cfg)
+    labels = dict(ds.test.labels, parity=np.full(len(ds.test), -1, np.int32))
+    return dataclasses.replace(
+        ds, test=dataclasses.replace(ds.test, labels=labels))
+
+  monkeypatch.setattr(datasets, "build", build)
+  with pytest.raises(UserError, match="'parity' has no labelled example"):
+    experiment.run(_smoke(name="digits"), str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w" / "teachers")
 
 
 @pytest.mark.parametrize("layout", ["pmap", "fsdp"])

@@ -1,5 +1,7 @@
 """Train step purity, sharding invariance, and exact resume of `fit`."""
 
+import dataclasses
+import json
 import os
 
 import jax
@@ -189,3 +191,96 @@ def test_fit_resumes_exactly_after_a_crash(tmp_path):
   with pytest.raises(UserError, match="differing keys: lr"):
     fit(changed, strategy)
 
+
+
+def _logged(directory):
+  with open(os.path.join(directory, "logs", "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_fit_with_prefetch_to_device_equals_without(tmp_path):
+  """Same states and logged metrics, and an input error raised in the
+  prefetch thread stops the stage at its step and resumes exactly."""
+  strategy = parallel.Jit(sharding.make_mesh())
+  split = _data()
+  stream = pipeline.train_stream(split, split.labels, 8, seed=0)
+  plain = fit(_stage(tmp_path, stream, "plain"), strategy)
+  crashed = {"done": False}
+
+  def crash_at_step_7(batch):
+    if not crashed["done"] and np.array_equal(batch["ids"], stream[7]["ids"]):
+      crashed["done"] = True
+      raise _Interrupt
+    return batch
+
+  stage = dataclasses.replace(
+      _stage(tmp_path, stream.map(crash_at_step_7), "prefetched"), prefetch=2)
+  with pytest.raises(_Interrupt):
+    fit(stage, strategy)
+  assert sorted(os.listdir(tmp_path / "prefetched" / "checkpoints")) == [
+      "3", "6"]
+  resumed = fit(stage, strategy)
+  for a, b in zip(jax.tree.leaves(jax.device_get(plain)),
+                  jax.tree.leaves(jax.device_get(resumed)), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert _logged(tmp_path / "prefetched") == _logged(tmp_path / "plain")
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_accumulate_sums_with_separate_resets(devices):
+  """loop.accumulate against numpy: the log sums reset every 3 steps, the
+  since-save loss every 4, as in the loop; with 8 devices the metrics carry
+  pmap's leading device axis."""
+  from mtkd.loop import accumulate
+  rng = np.random.default_rng(0)
+  shape = (devices,) if devices > 1 else ()
+  steps = [{"loss": (rng.normal(size=shape), np.ones(shape)),
+            "a/acc": (rng.normal(size=shape), rng.integers(1, 5, shape))}
+           for _ in range(10)]
+  place = (jax.pmap(lambda t: t, devices=jax.devices()[:devices])
+           if devices > 1 else jax.device_put)
+  sums = since = None
+  ref_sums = ref_since = None
+  for k, m in enumerate(steps):
+    sums, since = accumulate(sums, since, place(m))
+    ref_sums = m if ref_sums is None else jax.tree.map(np.add, ref_sums, m)
+    ref_since = (m["loss"] if ref_since is None
+                 else jax.tree.map(np.add, ref_since, m["loss"]))
+    for got, want in ((sums, ref_sums), (since, ref_since)):
+      jax.tree.map(lambda g, w: np.testing.assert_allclose(
+          np.asarray(g), w, rtol=1e-5, atol=1e-6), got, want)
+    if k % 3 == 2:
+      sums = ref_sums = None
+    if k % 4 == 3:
+      since = ref_since = None
+
+
+@pytest.mark.parametrize("cfg, shape", [
+    (dict(name="mlp", hidden=(16, 8)), (6, 6, 1)),
+    (dict(name="patch_cnn", channels=(4,), dense=16), (6, 6, 1)),
+    (dict(name="text_cnn", vocab_size=50, embed_dim=8, channels=8,
+          hidden=8), (12,)),
+    (dict(name="bag_of_embeddings", vocab_size=50, embed_dim=8, hidden=8),
+     (12,)),
+])
+def test_bfloat16_compute_keeps_float32_params_and_logits(cfg, shape):
+  """`dtype='bfloat16'` changes the trunk's compute only: same parameter
+  tree in float32, float32 logits within bf16 rounding of the float32
+  model's on the same parameters, bf16 intermediate activations."""
+  f32 = models.build(ml_collections.ConfigDict(cfg), {"a": 3})
+  bf16 = models.build(ml_collections.ConfigDict(dict(cfg, dtype="bfloat16")),
+                      {"a": 3})
+  rng = np.random.default_rng(0)
+  x = (rng.integers(0, 60, (4, *shape)).astype(np.float32) if len(shape) == 1
+       else rng.normal(size=(4, *shape)).astype(np.float32))
+  params = f32.init(jax.random.key(0), x)
+  params_bf16 = bf16.init(jax.random.key(0), x)
+  assert jax.tree.structure(params) == jax.tree.structure(params_bf16)
+  assert {p.dtype for p in jax.tree.leaves(params_bf16)} == {np.dtype("float32")}
+  want = f32.apply(params, x)["a"]
+  got, blocks = bf16.apply(params, x, with_features=True)
+  assert got["a"].dtype == np.float32
+  assert {b.dtype for k, b in blocks.items() if k != "representation"} == {
+      np.dtype(jax.numpy.bfloat16)}
+  np.testing.assert_allclose(got["a"], want, rtol=0.05, atol=0.05)
+  assert not np.array_equal(got["a"], want)  # The compute did change.
