@@ -11,7 +11,9 @@ Methods: kd (quickstart) | kd_multi_teacher | kd_cross_task | kd_feature |
 kd_shared_rep | kd_cascade (400 distil + 100 fine-tune steps) | dml |
 dml_labelled (dml on the labelled rows only, no transfer set) | bam |
 bam_fixed | dkd (warm-up 100 steps, 20%) | online_teacher | online_cached
-| uncertainty | dwa | gradnorm | pcgrad (configs/weighting.py).
+| uncertainty | dwa | dwa_p50 | gradnorm | pcgrad (configs/weighting.py; dwa's
+one-epoch period of 469 steps leaves it at equal weights for a 500-step run,
+dwa_p50 re-weights every 50 steps).
 
 Used by experiments/repro_multifashion.py (BAM, strategy comparison,
 cached vs online teacher). Reproduce one run:
@@ -46,7 +48,8 @@ METHODS = {
     "online_teacher": ("online_teacher", ""),
     "online_cached": ("online_teacher", "cached"),
     "uncertainty": ("weighting", "method=uncertainty"),
-    "dwa": ("weighting", "method=dwa"),
+    "dwa": ("weighting", "method=dwa"),  # Period 469: inactive in 500 steps.
+    "dwa_p50": ("weighting", "method=dwa,period=50"),
     "gradnorm": ("weighting", "method=gradnorm"),
     "pcgrad": ("weighting", "method=pcgrad"),
 }

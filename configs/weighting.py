@@ -18,12 +18,14 @@ from mtkd.configs_util import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg, smoke=False, method="uncertainty")
+  args = parse_arg(arg, smoke=False, method="uncertainty", period=469)
   c = defaults.base_config()
   c.weighting.name = args["method"]
   if args["method"] == "gradnorm":
     c.weighting.learning_rate = 0.025
-  c.weighting.period = 469  # dwa: one "epoch" of 60k at batch 128.
+  # dwa: steps per "epoch" (default: 60k at batch 128). DWA keeps equal
+  # weights until two periods are complete, so a run needs > 2 periods.
+  c.weighting.period = args["period"]
 
   if args["smoke"]:
     defaults.smoke(c, data='digits')

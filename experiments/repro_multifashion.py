@@ -32,7 +32,7 @@ ONLINE = ("kd", "online_cached", "online_teacher")
 # Every method, in table order (BAM's and the online study's first).
 METHODS = ("kd", "bam", "bam_fixed", "online_cached", "online_teacher",
            "kd_feature", "kd_cascade", "dkd", "dml", "dml_labelled",
-           "uncertainty", "dwa",
+           "uncertainty", "dwa", "dwa_p50",
            "gradnorm", "pcgrad", "kd_multi_teacher", "kd_shared_rep",
            "kd_cross_task")
 

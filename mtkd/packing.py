@@ -1,10 +1,10 @@
 """Batches as one buffer per dtype, for the host -> device transfer.
 
 `jax.device_put` costs a fixed amount per array, more than per byte at
-these sizes: a KD batch of two tasks has seven arrays (inputs, two label
-vectors, the mask, two teacher stacks, ...), and putting them took about
-twice as long as putting the same bytes as two arrays (experiments/
-README.md). `pack` concatenates every leaf, flattened to `[B, -1]`, into one
+these sizes: a KD batch of two tasks has six arrays (inputs, two label
+vectors, the mask, two teacher stacks) but only two dtypes, and sending
+two arrays instead of six cut the loop's input + put time from 1.60 to
+1.31 ms per batch (experiments/README.md). `pack` concatenates every leaf, flattened to `[B, -1]`, into one
 `[B, F]` buffer per dtype on the host; `unpack`, traced inside the step,
 slices them back, which XLA turns into free views or fuses into consumers.
 
