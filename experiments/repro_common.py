@@ -197,7 +197,7 @@ def markdown(head: Sequence[str], body: Sequence[Sequence[str]],
 
 def write_report(out_dir: str, title: str, parts: Sequence[str]) -> str:
   os.makedirs(out_dir, exist_ok=True)
-  text = f"# {title}\n\n" + "\n\n".join(parts) + "\n"
+  text = f"# {title}\n\n" + "\n\n".join(p for p in parts if p) + "\n"
   path = os.path.join(out_dir, "report.md")
   with open(path, "w") as f:
     f.write(text)

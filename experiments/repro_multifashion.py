@@ -3,7 +3,7 @@
 Runs configs/repro_multifashion.py for every (method, seed), one workdir
 each (`<root>/multifashion/<method>_s<seed>`), teachers shared per seed and
 teacher setting (`<root>/multifashion/teachers/<kind>-<hash>_s<seed>`), then
-writes three reports from the workdirs:
+writes four reports from the workdirs:
 
 - experiments/figures/bam/: labels only (baseline) vs KD vs teacher
   annealing vs a fixed 0.5 mix (Clark et al. 2019).
@@ -12,6 +12,8 @@ writes three reports from the workdirs:
 - experiments/figures/online_teacher/: no augmentation (kd) vs shifted views
   with the cached (un-augmented) teacher vs the online teacher on the same
   views (Beyer et al. 2022).
+- experiments/figures/label_budget/: kd and its baseline at 250, 1000, 4000
+  and all 60000 labelled pairs (`--methods label_budget`).
 
   python experiments/repro_multifashion.py                 # all, seeds 0-2
   python experiments/repro_multifashion.py --methods kd,bam --seeds 0
@@ -37,10 +39,40 @@ METHODS = ("kd", "bam", "bam_fixed", "online_cached", "online_teacher",
            "kd_cross_task")
 
 
+# Label budget study: `kd` at these data.num_labeled (-1: all 60k) besides
+# the 1000 of the kd runs, same teachers (they train on every label).
+BUDGETS = (250, 4000, -1)
+# What the driver runs by default: every method, then the budget study.
+EXPERIMENTS = METHODS + ("label_budget",)
+
+
+def budget_name(n: int) -> str:
+  return f"kd_n{n if n > 0 else 'all'}"
+
+
+def labels_of(workdir: str) -> int:
+  """Labelled pairs of a kd or label-budget workdir (all = 60000)."""
+  name = method_of(workdir)
+  if name == "kd":
+    return 1000
+  n = name[len("kd_n"):]
+  return 60000 if n == "all" else int(n)
+
+
 def run_all(root: str, methods, seed_list) -> None:
   base = os.path.join(root, "multifashion")
   for seed in seed_list:
     for m in methods:
+      if m == "label_budget":
+        # kd's teacher folder: num_labeled does not change the teachers.
+        tdir = os.path.join(base, "teachers", rc.teacher_key(
+            CONFIG, "method=kd", {"seed": seed}))
+        for n in BUDGETS:
+          rc.run(CONFIG, "method=kd",
+                 os.path.join(base, f"{budget_name(n)}_s{seed}"),
+                 {"seed": seed, "data.num_labeled": n,
+                  "teacher.workdir": tdir}, os.path.join(base, "logs"))
+        continue
       arg = f"method={m}"
       over = {"seed": seed}
       tdir = os.path.join(base, "teachers", rc.teacher_key(CONFIG, arg, over))
@@ -55,7 +87,8 @@ def method_of(workdir: str) -> str:
 
 def records(root: str, methods) -> tuple[list[dict], list[dict]]:
   """(results records, summary records) tagged with repro.method."""
-  wds = [os.path.join(root, "multifashion", f"{m}_s*") for m in methods]
+  wds = [os.path.join(root, "multifashion", f"{m}_s[0-9]*")
+         for m in methods]
   recs = rc.tag(report.collect(wds), "method", method_of)
   summ = rc.tag(rc.summary_records(wds), "method", method_of)
   return recs, summ
@@ -190,8 +223,8 @@ def write_reports(root: str, figures: str) -> None:
   if not recs:
     print(f"no MultiFashion results under {root}", file=sys.stderr)
     return
-  wd = lambda ms: [os.path.join(root, "multifashion", f"{m}_s*")  # noqa: E731
-                   for m in ms]
+  wd = lambda ms: [  # noqa: E731
+      os.path.join(root, "multifashion", f"{m}_s[0-9]*") for m in ms]
   # BAM.
   out = os.path.join(figures, "bam")
   brecs = [r for r in recs if r["config"]["repro"]["method"] in BAM]
@@ -226,6 +259,7 @@ def write_reports(root: str, figures: str) -> None:
                         os.path.join(out, "accuracy_by_method.png"),
                         models=["baseline", "student", "finetune"])
   rc.write_report(out, "Strategy comparison on MultiFashion", parts)
+  budget_report(root, figures)
   # Online vs cached teacher.
   out = os.path.join(figures, "online_teacher")
   orecs = [r for r in recs if r["config"]["repro"]["method"] in ONLINE]
@@ -254,8 +288,35 @@ def write_reports(root: str, figures: str) -> None:
   rc.write_report(out, "Cached vs online teacher with augmentation", parts)
 
 
+def budget_report(root: str, figures: str) -> None:
+  """Accuracy vs the number of labelled pairs, baseline and KD student."""
+  wds = [os.path.join(root, "multifashion", f"{m}_s[0-9]*")
+         for m in ("kd", *map(budget_name, BUDGETS))]
+  recs = rc.tag(report.collect(wds), "labels", labels_of)
+  summ = rc.tag(rc.summary_records(wds), "labels", labels_of)
+  if not any(method_of(r["workdir"]) != "kd" for r in recs):
+    return
+  label = lambda wd: f"{labels_of(wd)} labels"  # noqa: E731
+  recs, summ = rc.tag(recs, "method", label), rc.tag(summ, "method", label)
+  order = [f"{n} labels" for n in sorted({labels_of(r["workdir"])
+                                          for r in recs})]
+  out = os.path.join(figures, "label_budget")
+  parts = ["kd (the quickstart recipe, 500 student steps) with 250, 1000, "
+           "4000 and all 60000 labelled pairs; the rest of the 60k pairs are "
+           "the unlabelled transfer set; the same teachers (trained on all "
+           "labels) for every budget. Δ pts paired by seed against the run's "
+           "own labels-only baseline (same labelled pairs and steps).",
+           strategy_table(recs, summ, order),
+           rc.wall_time_line(wds[1:])]
+  report.plot_metric_vs(recs, "repro.labels",
+                        os.path.join(out, "accuracy_vs_labels.png"),
+                        models=["teacher", "baseline", "student"],
+                        xscale="log")
+  rc.write_report(out, "Label budget: KD gain vs labelled pairs", parts)
+
+
 def main(argv=None) -> int:
-  return rc.driver_main(__doc__, METHODS, run_all, write_reports, argv)
+  return rc.driver_main(__doc__, EXPERIMENTS, run_all, write_reports, argv)
 
 
 if __name__ == "__main__":

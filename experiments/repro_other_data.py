@@ -75,7 +75,8 @@ def _table(recs, summ, methods, tasks) -> str:
 
 
 def write_reports(root: str, figures: str) -> None:
-  wds = [os.path.join(root, "other_data", f"{m}_s*") for m in METHODS]
+  wds = [os.path.join(root, "other_data", f"{m}_s[0-9]*")
+         for m in METHODS]
   recs = rc.tag(report.collect(wds), "method", method_of)
   if not recs:
     print(f"no task-level / transfer results under {root}", file=sys.stderr)

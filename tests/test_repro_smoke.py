@@ -9,6 +9,7 @@ code runs on real results. An experiment whose dataset is absent skips.
 import importlib.util
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -114,6 +115,17 @@ def test_multifashion_drivers_smoke_and_report(tmp_path):
   summary = json.load(open(
       tmp_path / "multifashion/online_cached_s0/summary.json"))
   assert "student" in summary["delta_m_vs_baseline"]
+  assert not (figs / "label_budget").exists()  # No budget runs yet.
+  # The label-budget report reads kd and kd_n<N> workdirs by name: copies
+  # of the smoke run stand in for them (its plumbing, not its numbers).
+  for name in ("kd_s0", "kd_n250_s0", "kd_nall_s0"):
+    shutil.copytree(tmp_path / "multifashion/online_cached_s0",
+                    tmp_path / "multifashion" / name)
+  repro_multifashion.write_reports(root, str(figs))
+  md = (figs / "label_budget" / "report.md").read_text()
+  for n in (250, 1000, 60000):
+    assert f"| {n} labels | 1 |" in md
+  assert _png(figs / "label_budget" / "accuracy_vs_labels.png")
 
 
 def test_text_smoke_and_report(tmp_path):
