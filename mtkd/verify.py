@@ -119,7 +119,8 @@ def _check_teacher_outputs(config, teacher_root: str, ds: datasets.Dataset,
   for m in teachers.members(config, ds.tasks):
     stage = os.path.join(teacher_root, "teachers", m.name, "checkpoints")
     directory = os.path.join(teacher_root, "cache", m.name, "train")
-    if not os.path.isdir(stage) or cache.read_metadata(directory) is None:
+    meta = cache.read_metadata(directory)
+    if not os.path.isdir(stage) or meta is None:
       continue
     ckpt = checkpoint.Checkpointer(stage)
     try:
@@ -136,7 +137,6 @@ def _check_teacher_outputs(config, teacher_root: str, ds: datasets.Dataset,
     except UserError as e:
       problems.append(str(e))
       continue
-    meta = cache.read_metadata(directory)
     # fp32 storage is exact up to reduction order; fp16/bf16 round logits;
     # top-k spreads the tail mass uniformly.
     tol = 1e-4 if meta.get("dtype", "float32") == "float32" else 2e-2

@@ -65,3 +65,20 @@ def test_rejects_mismatched_leading_dimensions():
   b["mask"] = np.ones(5, np.float32)
   with pytest.raises(ValueError, match="same leading dimension"):
     packing.pack(b)
+
+
+@pytest.mark.parametrize("strategy", ["jit", "pmap"])
+def test_strategies_send_packed_batches(strategy):
+  """What the train step receives: one buffer per dtype, not one per array;
+  host-only `ids` stay behind."""
+  from mtkd import parallel, sharding
+  mesh = sharding.make_mesh(devices=jax.devices()[:2])
+  b = dict(_batch(8), ids=np.arange(8))
+  placed = parallel.STRATEGIES.get(strategy)(mesh).put_batch(b)
+  assert isinstance(placed, packing.Packed)
+  assert len(placed.buffers) == 3  # float32, int32, bool.
+  del b["ids"]
+  got = packing.unpack(jax.tree.map(
+      lambda x: np.asarray(x).reshape(8, *x.shape[2:]) if strategy == "pmap"
+      else np.asarray(x), placed))
+  _assert_same(got, b)

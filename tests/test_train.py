@@ -14,6 +14,7 @@ from mtkd import models, objectives, parallel, sharding, train
 from mtkd.data import datasets, pipeline
 from mtkd.errors import UserError
 from mtkd.loop import Stage, fit
+from mtkd.prefetch import prefetch_to_device
 
 TASKS = (objectives.TaskSpec("a", 3, temperature=2.0, alpha=0.5),
          objectives.TaskSpec("b", 2, weight=0.5, temperature=4.0, alpha=0.9))
@@ -179,10 +180,18 @@ def _crash_once_at(stream, step: int):
 
 
 @pytest.mark.parametrize("prefetch", [0, 2])
-def test_fit_resumes_exactly_after_a_crash(tmp_path, prefetch):
+def test_fit_resumes_exactly_after_a_crash(tmp_path, prefetch, monkeypatch):
   """Crash at step 7, resume from checkpoint 6: same parameters and logged
   metrics as a straight run. With `prefetch`, the batches come through
   `prefetch_to_device` and the error is raised in its thread."""
+  from mtkd import loop
+  made = []
+
+  def spy(*args, **kwargs):  # The loop must really go through the thread.
+    made.append(args[2])
+    return prefetch_to_device(*args, **kwargs)
+
+  monkeypatch.setattr(loop, "prefetch_to_device", spy)
   strategy = parallel.Jit(sharding.make_mesh())
   split = _data()
   stream = pipeline.train_stream(split, split.labels, 8, seed=0)
@@ -199,6 +208,7 @@ def test_fit_resumes_exactly_after_a_crash(tmp_path, prefetch):
                   jax.tree.leaves(jax.device_get(resumed)), strict=True):
     np.testing.assert_array_equal(a, b)
   assert _logged(tmp_path / "resumed") == _logged(tmp_path / "straight")
+  assert made == ([prefetch] * 2 if prefetch else [])  # Crashed + resumed.
   # A finished stage is restored, not retrained, and a changed config refused.
   again = fit(stage, strategy)
   assert int(again.step) == 10
