@@ -21,13 +21,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = parse_arg(arg, smoke=False, method="uncertainty", period=469)
   c = defaults.base_config()
   c.weighting.name = args["method"]
-  if args["method"] == "gradnorm":
-    c.weighting.learning_rate = 0.025
   # dwa: steps per "epoch" (default: 60k at batch 128). DWA keeps equal
   # weights until two periods are complete, so a run needs > 2 periods.
-  c.weighting.period = args["period"]
+  c.weighting.dwa.period = args["period"]
 
   if args["smoke"]:
     defaults.smoke(c, data='digits')
-    c.weighting.period = 10
+    c.weighting.dwa.period = 10
   return c

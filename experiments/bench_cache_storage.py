@@ -55,7 +55,8 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine, table  # noqa: E402
 
-from mtkd import cache, losses  # noqa: E402
+from mtkd import losses  # noqa: E402
+from mtkd.store import cache
 
 C, DIM, SIGMA = 1000, 32, 1.3
 META = {"teacher": "bayes", "teacher_fingerprint": "synthetic",

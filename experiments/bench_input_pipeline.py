@@ -4,17 +4,17 @@ with and without `mtkd.prefetch.prefetch_to_device`, side by side.
 Quickstart shapes: 60000 random 36x36x1 uint8 images, 2 tasks x 10 classes,
 batch 128; the teacher logits come from a real `LogitCache` (float32, 16384
 rows per shard, 4 shards) built in a temp dir and joined by id (the
-experiment's join, `common.make_join`), through `pipeline.train_stream`.
+experiment's join, `common.make_join`), through `streams.train_stream`.
 The student is the quickstart MLP (experiments/common.py). Rows, each
 timed over --steps batches in the steady state (the first --warmup batches
 are not timed), best (fastest) of --repeats runs that interleave the
 configurations (the minimum is least affected by other jobs):
 
   pipeline, ds[k] in one thread      the stream's batches, no threads
-  pipeline, iterate()                mtkd's `pipeline.iterate` (grain, 2
+  pipeline, iterate()                mtkd's `streams.iterate` (grain, 2
                                      threads, 8 batches prefetched)
   iterate() + put_batch              ... then host -> device (mtkd's
-                                     strategy.put_batch: packed, one
+                                     place.put_batch: packed, one
                                      transfer per dtype)
   iterate() + put per array          ... the previous put, one transfer per
                                      batch array
@@ -60,10 +60,11 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-from mtkd import cache, sharding  # noqa: E402
-from mtkd.data import pipeline  # noqa: E402
-from mtkd.loop import accumulate  # noqa: E402
-from mtkd.prefetch import prefetch_to_device  # noqa: E402
+from mtkd import sharding  # noqa: E402
+from mtkd.data import streams  # noqa: E402
+from mtkd.store import cache
+from mtkd.train.loop import accumulate  # noqa: E402
+from mtkd.train.prefetch import prefetch_to_device  # noqa: E402
 
 META = {"teacher": "synthetic", "teacher_fingerprint": "-",
         "dataset_fingerprint": "-", "split": "train"}
@@ -114,7 +115,7 @@ class Bench:
     return self._timed(body, lambda: None)
 
   def iterate(self, put: bool = False, before: bool = False):
-    it = pipeline.iterate(self.ds, 0, self.warmup + self.steps)
+    it = streams.iterate(self.ds, 0, self.warmup + self.steps)
     last = [None]
     put_fn = self.put_dict if before else self.student.put
 
@@ -147,7 +148,7 @@ class Bench:
 
   def put_dict(self, b):
     """The transfer mtkd made before packing: one array per batch leaf."""
-    return sharding.put_batch(b, self.student.strategy.mesh)
+    return sharding.put_batch(b, self.student.place.mesh)
 
   def loop(self, prefetch: bool, sync: bool, plain: bool = False,
            before: bool = False):
@@ -156,7 +157,7 @@ class Bench:
     leaf; per-leaf metric sums) instead of a packed put and
     `loop.accumulate`."""
     ds, step = self.plain if plain else (self.ds, self.step)
-    source = pipeline.iterate(ds, 0, self.warmup + self.steps)
+    source = streams.iterate(ds, 0, self.warmup + self.steps)
     put = self.put_dict if before else self.student.put
     it = prefetch_to_device(source, put, 2) if prefetch else source
     state, sums = [self.student.fresh_state()], [None, None]
@@ -202,10 +203,10 @@ def main() -> None:
   step = common.make_student_step(student, student.fresh_state())
   with tempfile.TemporaryDirectory() as d:
     join = build_join(d, a.num_examples)
-    ds = pipeline.train_stream(split, split.labels, 128, 0, join=join)
+    ds = streams.train_stream(split, split.labels, 128, 0, join=join)
     bench = Bench(ds, student, step, a.steps, a.warmup)
     sup = common.make_student(objective="supervised")
-    plain_ds = pipeline.train_stream(split, split.labels, 128, 0)
+    plain_ds = streams.train_stream(split, split.labels, 128, 0)
     plain_step = common.make_student_step(sup, sup.fresh_state())
     jax.block_until_ready(plain_step(sup.fresh_state(), sup.put(plain_ds[0]),
                                      bench.key))

@@ -1,6 +1,6 @@
 """Student step throughput: plain vs cached-logit KD vs online-teacher KD.
 
-The same jitted mtkd step (`train.make_train_step`) with three objectives /
+The same jitted mtkd step (`step_lib.make_train_step`) with three objectives /
 teacher modes, on one device, batch already on the device (input cost is
 measured in bench_input_pipeline.py):
 
@@ -31,7 +31,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mtkd import models, objectives, parallel, sharding, teachers, train
+from mtkd import models
+from mtkd.methods import objectives
+from mtkd.stages import teachers
+from mtkd.train import placement, sharding
+from mtkd.train import step as step_lib
 
 PAIRS = {  # name: (teacher model, student model)
     "small": (dict(name="patch_cnn", channels=(32, 64), dense=256),
@@ -59,7 +63,7 @@ def _build(pair: str, dtype: str = "float32"):
   teacher = models.build(ml_collections.ConfigDict(t_cfg), classes)
   t_params = teacher.init(jax.random.key(1), jnp.zeros((1, *SHAPE)))["params"]
   student = models.Net(models.build(ml_collections.ConfigDict(s_cfg), classes))
-  tx = train.make_optimizer(ml_collections.ConfigDict(
+  tx = step_lib.make_optimizer(ml_collections.ConfigDict(
       dict(name="adam", learning_rate=1e-3)))
   rng = np.random.default_rng(0)
   batch = {"inputs": rng.random((BATCH, *SHAPE), np.float32),
@@ -68,7 +72,7 @@ def _build(pair: str, dtype: str = "float32"):
            "mask": np.ones(BATCH, np.float32),
            "teacher": {t: rng.normal(size=(BATCH, 1, 10)).astype(np.float32)
                        for t in TASKS}}
-  strategy = parallel.Jit(sharding.make_mesh(devices=jax.devices()[:1]))
+  place = placement.Jit(sharding.make_mesh(devices=jax.devices()[:1]))
   online = teachers.online({"t": teacher}, {t: ["t"] for t in TASKS})
   variants, flops = {}, {}
   for name, obj, fn in (("plain", "supervised", None),
@@ -76,15 +80,15 @@ def _build(pair: str, dtype: str = "float32"):
                         ("online", "distill", online)):
     extra = (lambda p: {"weighting": {}, "teachers": {"t": t_params}}) if fn \
         else (lambda p: {"weighting": {}})
-    init = train.make_init(student, tx, SHAPE, extra)
-    state = strategy.init(init, jax.random.key(0))
-    step = strategy.compile(lambda ax, obj=obj, fn=fn: train.make_train_step(
-        student, tx, objectives.OBJECTIVES.get(obj)(None), specs,
+    init = step_lib.make_init(student, tx, SHAPE, extra)
+    state = place.init(init, jax.random.key(0))
+    step = place.compile(lambda ax, obj=obj, fn=fn: step_lib.make_train_step(
+        student, tx, objectives.OBJECTIVES.get(obj)(), specs,
         teacher=fn, axis_name=ax), state)
     b = dict(batch)
     if name != "cached":
       b.pop("teacher")
-    device_batch = strategy.put_batch(b)
+    device_batch = place.put_batch(b)
     variants[name] = (step, state, device_batch)
     flops[name] = _flops(step, state, device_batch, jax.random.key(1))
   fwd = jax.jit(lambda p, x: teacher.apply({"params": p}, x))

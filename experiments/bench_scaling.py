@@ -3,7 +3,7 @@ time, memory per device, and the loss (same on every mesh).
 
 Each device count runs in its own process with
 XLA_FLAGS=--xla_force_host_platform_device_count=n. The quickstart student
-(experiments/common.py) is jitted by mtkd's `parallel.Jit` over a ('data',
+(experiments/common.py) is jitted by mtkd's `placement.Jit` over a ('data',
 n) mesh with NamedShardings (batch split over devices, large parameters
 FSDP-sharded), global batch 128 (strong scaling). Per device count:
 

@@ -8,7 +8,7 @@ teacher logits. Times, per batch, averaged over --steps batches:
   grain shuffle  gathering a batch through grain's shuffle->repeat->batch
                  (mtkd's first input pipeline)
   epoch shuffle  the same batch contents via mtkd's per-epoch numpy
-                 permutation (`pipeline.train_stream`, current)
+                 permutation (`streams.train_stream`, current)
   put_batch      host batch -> device arrays
   full loop      mtkd's loop body: prefetching iterator, put, step, metric
                  accumulation
@@ -25,9 +25,12 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from mtkd import models, objectives, parallel, sharding, train
-from mtkd.data import datasets, pipeline
-from mtkd.loop import accumulate
+from mtkd import models
+from mtkd.data import datasets, streams
+from mtkd.methods import objectives
+from mtkd.train import placement, sharding
+from mtkd.train import step as step_lib
+from mtkd.train.loop import accumulate
 
 
 def _ms(fn, n):
@@ -55,24 +58,24 @@ def main() -> None:
                 for t in tasks)
   model = models.build(ml_collections.ConfigDict(
       dict(name="mlp", hidden=(128,))), {t: 10 for t in tasks})
-  tx = train.make_optimizer(ml_collections.ConfigDict(
+  tx = step_lib.make_optimizer(ml_collections.ConfigDict(
       dict(name="adam", learning_rate=1e-3)))
-  strategy = parallel.Jit(sharding.make_mesh(devices=jax.devices()[:1]))
+  place = placement.Jit(sharding.make_mesh(devices=jax.devices()[:1]))
   net = models.Net(model)
-  init = train.make_init(net, tx, (36, 36, 1))
+  init = step_lib.make_init(net, tx, (36, 36, 1))
   def fresh_state():  # The step donates its state: each timing gets its own.
-    return strategy.init(init, jax.random.key(0))
+    return place.init(init, jax.random.key(0))
   state = fresh_state()
-  distill = objectives.OBJECTIVES.get("distill")(None)
-  step = strategy.compile(lambda ax: train.make_train_step(
+  distill = objectives.OBJECTIVES.get("distill")()
+  step = place.compile(lambda ax: step_lib.make_train_step(
       net, tx, distill, specs, axis_name=ax), state)
   key = jax.random.key(1)
-  ds = pipeline.train_stream(split, split.labels, 128, 0, join=join)
+  ds = streams.train_stream(split, split.labels, 128, 0, join=join)
   old = (grain.MapDataset.source(np.arange(n)).shuffle(seed=0).repeat()
          .batch(128, drop_remainder=True)
-         .map(pipeline.Gather(split, split.labels, join)))
+         .map(streams.Gather(split, split.labels, join)))
   batch = ds[0]
-  device_batch = strategy.put_batch(batch)
+  device_batch = place.put_batch(batch)
   state, _ = step(state, device_batch, key)
 
   def run_steps():
@@ -83,8 +86,8 @@ def main() -> None:
 
   def full_loop():
     s, sums, since = fresh_state(), None, None
-    for b in pipeline.iterate(ds, 0, steps):
-      s, m = step(s, strategy.put_batch(b), key)
+    for b in streams.iterate(ds, 0, steps):
+      s, m = step(s, place.put_batch(b), key)
       sums, since = accumulate(sums, since, m)
     return s
 
@@ -92,7 +95,7 @@ def main() -> None:
       "step only": _ms(run_steps, steps),
       "grain shuffle": _ms(lambda: [old[i] for i in range(steps)], steps),
       "epoch shuffle": _ms(lambda: [ds[i] for i in range(steps)], steps),
-      "put_batch": _ms(lambda: [strategy.put_batch(batch)
+      "put_batch": _ms(lambda: [place.put_batch(batch)
                                 for _ in range(steps)], steps),
       "full loop": _ms(full_loop, steps),
   }

@@ -5,7 +5,7 @@ task alpha*T^2*KL + (1-alpha)*CE, alpha 0.5, T 2), batch 128, Adam 1e-3,
 same synthetic batches (random 36x36x1 images, labels and teacher logits),
 same initial parameters (mtkd's init copied into torch). Rows:
 
-  mtkd step (jax.jit)       `train.make_train_step` via experiments/common.py
+  mtkd step (jax.jit)       `step_lib.make_train_step` via experiments/common.py
                             (also computes grad norm, accuracy and loss
                             metrics, a non-finite guard), state donated
   bare JAX step (jax.jit)   the same loss and Adam update only

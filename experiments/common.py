@@ -2,7 +2,7 @@
 
 This file is the ONLY place the benchmarks touch mtkd's training API
 (`make_student`, `make_student_step`, `make_join`, `teacher_entries`); if
-`train.make_train_step`, the objectives or the batch layout change, update
+`step_lib.make_train_step`, the objectives or the batch layout change, update
 it here.
 
 Student: MLP 1296 -> 128 (ReLU) -> two heads of 10 ("left", "right"),
@@ -22,8 +22,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from mtkd import cache, models, objectives, parallel, sharding, teachers, train
+from mtkd import models
 from mtkd.data import datasets
+from mtkd.methods import objectives
+from mtkd.stages import teachers
+from mtkd.store import cache
+from mtkd.train import placement, sharding
+from mtkd.train import step as step_lib
 
 TASKS = ("left", "right")
 NUM_CLASSES = 10
@@ -53,22 +58,22 @@ class Student:
   tx: object
   specs: tuple
   objective: object
-  strategy: parallel.Jit
+  place: placement.Jit
   init: Callable
 
   def fresh_state(self, seed: int = 0):
     """A new state (the step donates its input state)."""
-    return self.strategy.init(self.init, jax.random.key(seed))
+    return self.place.init(self.init, jax.random.key(seed))
 
   def put(self, batch: Mapping) -> dict:
-    return self.strategy.put_batch(batch)
+    return self.place.put_batch(batch)
 
 
 def make_student_step(student: Student, state) -> Callable:
   """`step(state, device_batch, rng) -> (state, metrics)`, jitted with
-  donation by mtkd's strategy. The one call site of make_train_step."""
-  return student.strategy.compile(
-      lambda axis_name: train.make_train_step(
+  donation by mtkd's place. The one call site of make_train_step."""
+  return student.place.compile(
+      lambda axis_name: step_lib.make_train_step(
           student.model, student.tx, student.objective, student.specs,
           axis_name=axis_name), state)
 
@@ -79,20 +84,19 @@ def make_student(devices: list | None = None,
   by `objective` ('distill': cached-logit KD; 'supervised': labels only)."""
   model = models.Net(models.build(ml_collections.ConfigDict(
       dict(name="mlp", hidden=(HIDDEN,))), {t: NUM_CLASSES for t in TASKS}))
-  tx = train.make_optimizer(ml_collections.ConfigDict(
+  tx = step_lib.make_optimizer(ml_collections.ConfigDict(
       dict(name="adam", learning_rate=LEARNING_RATE)))
   specs = tuple(objectives.TaskSpec(t, NUM_CLASSES, temperature=TEMPERATURE,
                                     alpha=ALPHA) for t in TASKS)
-  objective = objectives.OBJECTIVES.get(objective)(
-      ml_collections.ConfigDict())
+  objective = objectives.OBJECTIVES.get(objective)()
   mesh = sharding.make_mesh(devices=devices or jax.devices()[:1])
-  return Student(model, tx, specs, objective, parallel.Jit(mesh),
-                 train.make_init(model, tx, INPUT_SHAPE))
+  return Student(model, tx, specs, objective, placement.Jit(mesh),
+                 step_lib.make_init(model, tx, INPUT_SHAPE))
 
 
 def make_join(c: cache.LogitCache) -> Callable:
   """Example ids -> the batch's teacher entries, from one teacher's cache
-  (what the experiment passes to `pipeline.train_stream(join=...)`)."""
+  (what the experiment passes to `streams.train_stream(join=...)`)."""
   return teachers.CachedJoin({"teacher": c},
                              {t: ["teacher"] for t in TASKS})
 

@@ -1,6 +1,7 @@
 """Helpers for configs: arg parsing, flattening, and stage-config diffs."""
 
 import hashlib
+import importlib.util
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -56,3 +57,12 @@ def diff(a: Mapping, b: Mapping) -> list[str]:
 def fingerprint(d: Any) -> str:
   return hashlib.sha256(json.dumps(to_dict(d), sort_keys=True).encode()
                         ).hexdigest()[:16]
+
+
+def load_config(path: str, arg: str | None = None):
+  """`get_config(arg)` of a config file, as `--config=path[:arg]` loads it
+  (without locking)."""
+  spec = importlib.util.spec_from_file_location("_mtkd_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()

@@ -4,9 +4,16 @@ Config files set only what their experiment changes, so every key exists in
 every config (and `--config.x.y=...` works everywhere). Values here are the
 quickstart's: MultiFashion, per-task CNN teachers, an MLP student with 1000
 labels and a transfer set, plain KD.
+
+Each objective's and weighting's settings block comes from the plug-in
+itself (`default_settings`, `mtkd.methods`), so a new plug-in's settings
+need no edit here and are overridable like every other key.
 """
 
 import ml_collections
+
+from mtkd.methods.objectives import OBJECTIVES
+from mtkd.methods.weighting import WEIGHTINGS
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -14,7 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.mesh = (("data", -1),)  # Add ("fsdp", n) to shard large parameters.
   c.parallel = ml_collections.ConfigDict(dict(
-      strategy="jit",          # 'jit' (NamedSharding) or 'pmap'.
+      placement="jit",         # 'jit' (NamedSharding) or 'pmap'.
       fsdp_min_size=2**14,     # Arrays this large are split over 'fsdp'.
       distributed=False,       # Multi-process: jax.distributed.initialize().
       coordinator_address="",  # Only outside TPU VMs / SLURM: HOST:PORT,
@@ -65,34 +72,30 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill = ml_collections.ConfigDict(dict(temperature=2.0, alpha=0.5))
   c.tasks = ml_collections.ConfigDict()  # {task: {weight, temperature, alpha}}
   c.cache = ml_collections.ConfigDict(dict(
-      dtype="float32",     # Or 'float16' (half the bytes, slower reads).
+      dtype="float32",     # Or 'float16' / 'bfloat16' (half the bytes).
+      # > 0: keep each row's top_k classification logits and spread the
+      # rest of the teacher's probability uniformly (README: Logit cache).
+      top_k=0,
       shard_size=16384,    # Examples per shard (unit of resume and writes).
   ))
 
-  # Objective settings (used by the stages that name the objective).
-  c.dkd = ml_collections.ConfigDict(dict(alpha=1.0, beta=8.0,
-                                         warmup_steps=0))
-  c.anneal = ml_collections.ConfigDict(dict(schedule="linear", fixed=0.5))
-  c.feature = ml_collections.ConfigDict(dict(
-      layer="representation",          # Student layer fed to the adaptors.
-      teacher_layer="representation",  # Teacher layer cached as the target.
-      loss="normalized_l2",            # Or 'hint' (FitNets, 0.5*||.||^2).
-      fusion="none",                   # 'concat': one fused target.
-      weight=1.0,                      # Of each feature term.
-      logits=True,                     # Also logit KD (else labels only).
-  ))
-  c.mutual = ml_collections.ConfigDict(dict(peers=1, temperature=1.0,
-                                            kl_weight=1.0, aux_weight=1.0))
-  # Multi-task weighting of the terms (tasks, plus feature terms).
+  # Each objective's own settings block (`config.<objective>`, e.g.
+  # config.dkd.beta), read only by the stages that name the objective.
+  for name in OBJECTIVES.names():
+    cls = OBJECTIVES.get(name)
+    if cls.settings_key and cls.settings_key not in c:
+      c[cls.settings_key] = ml_collections.ConfigDict(
+          dict(cls.default_settings))
+  # Multi-task weighting of the terms (tasks, plus feature terms): `name`,
+  # and each method's own block (config.weighting.dwa.period, ...).
   c.weighting = ml_collections.ConfigDict(dict(
-      name="fixed",  # equal | fixed (config.tasks weights) | uncertainty |
-                     # dwa | gradnorm | pcgrad.
-      learning_rate=1e-3,  # uncertainty and gradnorm: their weights' step.
-      alpha=1.5,          # gradnorm.
-      temperature=2.0,    # dwa.
-      period=100,         # dwa: steps per "epoch".
-      init_log_var=-0.5,  # uncertainty.
-  ))
+      name="fixed"))  # equal | fixed (config.tasks weights) | uncertainty |
+                      # dwa | gradnorm | pcgrad.
+  for name in WEIGHTINGS.names():
+    cls = WEIGHTINGS.get(name)
+    if cls.settings_key:
+      c.weighting[cls.settings_key] = ml_collections.ConfigDict(
+          dict(cls.default_settings))
   # Transfer: a model trained on a source dataset (steps > 0 enables it).
   c.source = ml_collections.ConfigDict(dict(
       data=dict(name="fashion_mnist", dir="", path="", max_train=0,

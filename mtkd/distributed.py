@@ -1,4 +1,4 @@
-"""Multi-process (multi-host) start-up, behind `config.parallel.distributed`.
+"""Processes: multi-host start-up, barriers, and each process's share.
 
 Every process runs the same command. `jax.distributed.initialize()` without
 arguments auto-detects the cluster on Cloud TPU VMs and under SLURM; the
@@ -30,3 +30,13 @@ def barrier(name: str) -> None:
   """Waits until every process reaches `name` (no-op in one process)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def process_rows(n: int) -> slice:
+  """This process's contiguous share of a global batch of `n` rows."""
+  count, index = jax.process_count(), jax.process_index()
+  if n % count:
+    raise UserError(f"A batch of {n} rows cannot be split evenly over "
+                    f"{count} processes; use a multiple of {count}.")
+  per = n // count
+  return slice(index * per, (index + 1) * per)

@@ -8,8 +8,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from mtkd import cache, teachers
 from mtkd.errors import UserError
+from mtkd.stages import teachers
+from mtkd.store import cache
 
 META = {"teacher": "t", "teacher_fingerprint": "abc",
         "dataset_fingerprint": "def", "split": "train"}

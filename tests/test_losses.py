@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtkd import losses as losses_module
+from mtkd.methods import losses as losses_module
 
 # Every public loss, jitted: eager mode compiles each primitive on its own,
 # which makes this file several times slower on CPU. Same semantics.
@@ -398,6 +398,7 @@ def _all_losses(dtype):
       "soft_cross_entropy": losses.soft_cross_entropy(
           s, losses.annealed_targets(y, te, 0.5)),
       "dkd": losses.dkd(s, te, jnp.maximum(y, 0), 4.0, 1.0, 8.0),
+      "js_kd": losses.js_kd(s, te, 2.0, 0.3),
       "normalized_l2": losses.normalized_l2(s, te[:, 0]),
       "hint_l2": losses.hint_l2(s, te[:, 0]),
   }
@@ -422,6 +423,7 @@ def test_extreme_logits_are_finite():
       "softmax_kd": lambda x: losses.softmax_kd(x, te, 1.0),
       "sigmoid_kd": lambda x: losses.sigmoid_kd(x, te, 1.0),
       "dkd": lambda x: losses.dkd(x, te, y, 1.0, 1.0, 8.0),
+      "js_kd": lambda x: losses.js_kd(x, te, 1.0, 0.5),
       "bce": lambda x: losses.binary_cross_entropy(x, (te[:, 0] > 0) * 1.0),
       "soft_ce": lambda x: losses.soft_cross_entropy(
           x, losses.annealed_targets(y, te, 0.5)),
@@ -433,3 +435,45 @@ def test_extreme_logits_are_finite():
                              np_softmax_kd(big, te, 1.0), rtol=1e-5)
   np.testing.assert_allclose(losses.sigmoid_kd(big, te, 1.0),
                              np_sigmoid_kd(big, te, 1.0), rtol=1e-5)
+
+
+def np_js_kd(student, teacher, t, beta):
+  """Reference: teachers [B, K, C] averaged in probability space."""
+  p = np.exp(np_log_softmax(np.asarray(teacher, np.float64) / t)).mean(1)
+  q = np.exp(np_log_softmax(np.asarray(student, np.float64) / t))
+  m = beta * p + (1 - beta) * q
+
+  def kl(a, b):
+    with np.errstate(divide="ignore", invalid="ignore"):
+      return np.sum(np.where(a > 0, a * (np.log(a) - np.log(b)), 0.0), -1)
+  return t * t * (beta * kl(p, m) + (1 - beta) * kl(q, m))
+
+
+@pytest.mark.parametrize("t,beta,k", [(1.0, 0.5, 1), (2.0, 0.1, 2),
+                                      (4.0, 0.9, 3)])
+def test_js_kd_matches_numpy(t, beta, k):
+  rng = np.random.default_rng(7)
+  s, te = rng.normal(size=(16, 10)) * 3, rng.normal(size=(16, k, 10)) * 3
+  np.testing.assert_allclose(
+      losses.js_kd(s.astype(np.float32), te.astype(np.float32), t, beta),
+      np_js_kd(s, te, t, beta), rtol=2e-4, atol=1e-6)
+
+
+def test_js_kd_invariants():
+  """Zero at the teacher, symmetric at beta = 0.5, bounded by T^2 times
+  the binary entropy of beta, and mirror-symmetric in beta."""
+  rng = np.random.default_rng(8)
+  a, b = (rng.normal(size=(32, 6)).astype(np.float32) * 4 for _ in range(2))
+  np.testing.assert_allclose(losses.js_kd(a, a[:, None], 2.0, 0.3), 0.0,
+                             atol=1e-6)
+  np.testing.assert_allclose(losses.js_kd(a, b[:, None], 1.0, 0.5),
+                             losses.js_kd(b, a[:, None], 1.0, 0.5), rtol=1e-5)
+  np.testing.assert_allclose(losses.js_kd(a, b[:, None], 1.0, 0.2),
+                             losses.js_kd(b, a[:, None], 1.0, 0.8), rtol=1e-5)
+  # Disjoint one-hot-like distributions reach the bound.
+  far = np.array([[60.0, -60.0]], np.float32)
+  for beta in (0.5, 0.2):
+    h = -beta * np.log(beta) - (1 - beta) * np.log(1 - beta)
+    got = losses.js_kd(far, -far[:, None], 3.0, beta)
+    np.testing.assert_allclose(got, 9.0 * h, rtol=1e-3)
+    assert np.all(losses.js_kd(a, b[:, None], 3.0, beta) <= 9.0 * h + 1e-5)

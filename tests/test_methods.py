@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from mtkd import configs_util, experiment
-from mtkd.checkpoint import Checkpointer
-from mtkd.fingerprint import tree_fingerprint
+from mtkd.stages import plan
+from mtkd.store.checkpoint import Checkpointer
+from mtkd.store.fingerprint import tree_fingerprint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The baseline is the same in every run; two runs keep it (Delta_m checks).
@@ -29,7 +30,7 @@ RUNS = [
     ("kd_task_level", None), ("kd_feature", None), ("kd_feature", "fusion"),
     ("kd_shared_rep", None), ("kd_cascade", None), ("transfer", "frozen"),
     ("transfer", "kd"), ("dml", None), ("dml", "aux_only"), ("bam", None),
-    ("dkd", None), ("online_teacher", None),
+    ("dkd", None), ("js", None), ("online_teacher", None),
     ("weighting", "method=uncertainty"), ("weighting", "method=dwa"),
     ("weighting", "method=gradnorm"), ("weighting", "method=pcgrad"),
 ]
@@ -61,6 +62,7 @@ def run(name, arg, teacher_root, tmp_path):
   c.student.steps = 16
   c.teacher.steps = 24
   c.log_every, c.checkpoint_every = 8, 1000  # Saves: the final one only.
+  c.weighting.dwa.period = 4  # Two periods complete by step 8 of 16.
   for s in c.student.stages.values():
     if s.get("steps", -1) > 0:
       s.steps = 8
@@ -72,7 +74,7 @@ def run(name, arg, teacher_root, tmp_path):
                          ids=[f"{n}:{a}" if a else n for n, a in RUNS])
 def test_method_smoke_run(name, arg, teacher_root, tmp_path):
   c, w, results = run(name, arg, teacher_root, tmp_path)
-  stages = list(experiment.student_stages(c))
+  stages = list(plan.student_stages(c))
   for task, rows in results.items():
     assert set(rows) == {"teacher", *stages} | (
         {"baseline"} if c.baseline else set()), task
@@ -94,6 +96,26 @@ def test_method_smoke_run(name, arg, teacher_root, tmp_path):
       np.testing.assert_array_equal(a, b)
     assert not np.array_equal(src["head_digit"]["kernel"][:, :3],
                               got["head_digit"]["kernel"][:, :3])
+  if name == "online_teacher":
+    # The step ran the teachers: they are in the student's state, exactly
+    # the trained teachers' parameters.
+    state = _final(os.path.join(w, "student"))[0]
+    online = state["extra"]["teachers"]
+    root = c.teacher.workdir
+    assert sorted(online) == sorted(os.listdir(os.path.join(root,
+                                                            "teachers")))
+    for m, params in online.items():
+      teacher = _final(os.path.join(root, "teachers", m))[0]
+      assert tree_fingerprint(params) == tree_fingerprint(
+          teacher["params"]["model"])
+  if arg == "method=dwa":
+    # DWA's weights leave 1 once two periods are complete (step 8).
+    logs = [json.loads(line) for line in open(os.path.join(
+        w, "student", "logs", "metrics.jsonl"))]
+    weights = [{k: v for k, v in x.items() if k.startswith("train/weight/")}
+               for x in logs]
+    assert weights[0] and all(v == 1.0 for v in weights[0].values())
+    assert any(abs(v - 1.0) > 1e-4 for v in weights[-1].values()), weights
   if name == "kd_cascade":
     # Stage 2 records (and so started from) stage 1's final model.
     distilled = _final(os.path.join(w, "distill"))[0]["params"]["model"]

@@ -56,7 +56,7 @@ def reference(tmp_path_factory):
 def test_two_processes_match_one(tmp_path, reference, strategy):
   port = _free_port()
   procs = [_start([f"--workdir={tmp_path}",
-                   f"--config.parallel.strategy={strategy}",
+                   f"--config.parallel.placement={strategy}",
                    "--config.parallel.distributed=True",
                    f"--config.parallel.coordinator_address=127.0.0.1:{port}",
                    "--config.parallel.num_processes=2",

@@ -2,15 +2,14 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from mtkd import defaults, objectives
-from mtkd.objectives import OBJECTIVES, Context, TaskSpec
-from tests.test_losses import np_kd, np_log_softmax
+from mtkd.errors import UserError
+from mtkd.methods import objectives
+from mtkd.methods.objectives import OBJECTIVES, Context, TaskSpec
+from tests.test_losses import np_js_kd, np_kd, np_log_softmax
 
-CFG = defaults.base_config()
 TASKS = (TaskSpec("a", 3, weight=1.0, temperature=2.0, alpha=0.3),
          TaskSpec("b", 4, weight=0.5, temperature=4.0, alpha=0.9))
 
@@ -32,8 +31,9 @@ def _ctx(step=0, n=10):
   return Context(jnp.asarray(step, jnp.int32), n)
 
 
-def _run(name, out, batch, tasks=TASKS, cfg=CFG, step=0, **kw):
-  obj = OBJECTIVES.get(name)(cfg, **kw)
+def _run(name, out, batch, tasks=TASKS, settings=None, step=0,
+         feature_targets=()):
+  obj = OBJECTIVES.get(name)(settings).with_feature_targets(feature_targets)
   terms, metrics = obj(out, batch, tasks, _ctx(step))
   return obj, terms, metrics
 
@@ -148,8 +148,7 @@ def test_teacher_annealing_mixes_targets_linearly(step):
 
 def test_dkd_ramps_up_and_recovers_kd():
   out, batch = _batch(np.random.default_rng(5))
-  cfg = defaults.base_config()
-  cfg.dkd.warmup_steps = 4
+  cfg = {"warmup_steps": 4}
   tasks = tuple(TaskSpec(s.name, s.num_classes, s.weight, s.temperature,
                          alpha=1.0) for s in TASKS)  # Pure KD terms.
   half = _run("dkd", out, batch, tasks, cfg, step=2)[1]
@@ -191,9 +190,8 @@ def test_mutual_learning_gradients_treat_peers_as_fixed():
   out, batch = _batch(rng)
   peer = {k: rng.normal(size=v.shape).astype(np.float32)
           for k, v in out["logits"].items()}
-  cfg = ml_collections.ConfigDict(dict(mutual=dict(
-      peers=1, temperature=1.0, kl_weight=1.0, aux_weight=0.5)))
-  obj = OBJECTIVES.get("mutual")(cfg)
+  obj = OBJECTIVES.get("mutual")(dict(peers=1, temperature=1.0,
+                                     kl_weight=1.0, aux_weight=0.5))
 
   def total(main, aux):
     terms, _ = obj({"logits": main, "peers": (aux,)}, batch, TASKS, _ctx())
@@ -209,3 +207,61 @@ def test_mutual_learning_gradients_treat_peers_as_fixed():
     np.testing.assert_allclose(g_main[spec.name],
                                spec.weight * grad / m.sum(), rtol=1e-4,
                                atol=1e-6)
+
+
+def test_js_objective_matches_formula_and_checks_its_settings():
+  out, batch = _batch(np.random.default_rng(9))
+  _, terms, _ = _run("js", out, batch, settings={"beta": 0.3})
+  for spec in TASKS:
+    s, t = out["logits"][spec.name], batch["teacher"][spec.name]
+    y, m = batch["labels"][spec.name], batch["mask"]
+    js = np_js_kd(s, t, spec.temperature, 0.3)
+    ce = -np_log_softmax(s)[np.arange(len(y)), np.maximum(y, 0)]
+    per = np.where(y >= 0, spec.alpha * js + (1 - spec.alpha) * ce, js)
+    np.testing.assert_allclose(terms[spec.name][0], np.sum(per * m),
+                               rtol=1e-5)
+  for bad in (0.0, 1.0, -0.5):
+    with pytest.raises(UserError, match=r"config.js.beta"):
+      OBJECTIVES.get("js")({"beta": bad})
+  with pytest.raises(UserError, match="classification tasks only"):
+    OBJECTIVES.get("js")().check_tasks(
+        (TaskSpec("m", 3, kind="multilabel"),), "config.student.stages.s")
+
+
+def test_dkd_without_warmup_is_full_from_step_0():
+  out, batch = _batch(np.random.default_rng(10))
+  first = _run("dkd", out, batch, settings={"warmup_steps": 0}, step=0)[1]
+  later = _run("dkd", out, batch, settings={"warmup_steps": 0}, step=7)[1]
+  ramped = _run("dkd", out, batch, settings={"warmup_steps": 4}, step=0)[1]
+  for t in ("a", "b"):
+    np.testing.assert_allclose(first[t][0], later[t][0], rtol=1e-6)
+    assert float(first[t][0]) != pytest.approx(float(ramped[t][0]))
+
+
+@pytest.mark.parametrize("name,settings,match", [
+    ("anneal", {"schedule": "cosine"}, r"config.anneal.schedule is 'cosine'"),
+    ("anneal", {"fixed": 1.5}, r"config.anneal.fixed"),
+    ("feature", {"loss": "l1"}, r"config.feature.loss is 'l1'"),
+    ("feature", {"fusion": "sum"}, r"config.feature.fusion is 'sum'"),
+    ("shared_rep", {"weight": -1.0}, r"config.shared_rep.weight"),
+    ("dkd", {"warmup_steps": -3}, r"config.dkd.warmup_steps"),
+    ("mutual", {"peers": 0}, r"config.mutual.peers"),
+    ("dkd", {"gamma": 1.0}, r"config.dkd has unknown key\(s\) \['gamma'\]"),
+])
+def test_bad_settings_fail_at_construction(name, settings, match):
+  with pytest.raises(UserError, match=match):
+    OBJECTIVES.get(name)(settings)
+
+
+def test_objectives_declare_what_they_read():
+  needs = {n: OBJECTIVES.get(n)().needs for n in OBJECTIVES.names()}
+  assert not needs["supervised"].teachers and not needs["mutual"].teachers
+  assert needs["mutual"].peers == 1
+  for n in ("distill", "dkd", "js", "anneal", "feature"):
+    assert needs[n].teacher_logits, n
+  assert needs["feature"].teacher_layer == "representation"
+  assert not needs["feature"].fuse_teachers
+  assert OBJECTIVES.get("feature")({"fusion": "concat"}).needs.fuse_teachers
+  assert not OBJECTIVES.get("feature")({"logits": False}).needs.teacher_logits
+  rep = needs["shared_rep"]
+  assert rep.fuse_teachers and rep.teacher_layer and not rep.teacher_logits

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from mtkd import packing
+from mtkd.train import packing
 
 
 def _batch(n=6):
@@ -67,18 +67,18 @@ def test_rejects_mismatched_leading_dimensions():
     packing.pack(b)
 
 
-@pytest.mark.parametrize("strategy", ["jit", "pmap"])
-def test_strategies_send_packed_batches(strategy):
+@pytest.mark.parametrize("name", ["jit", "pmap"])
+def test_placements_send_packed_batches(name):
   """What the train step receives: one buffer per dtype, not one per array;
   host-only `ids` stay behind."""
-  from mtkd import parallel, sharding
+  from mtkd.train import placement, sharding
   mesh = sharding.make_mesh(devices=jax.devices()[:2])
   b = dict(_batch(8), ids=np.arange(8))
-  placed = parallel.STRATEGIES.get(strategy)(mesh).put_batch(b)
+  placed = placement.PLACEMENTS.get(name)(mesh).put_batch(b)
   assert isinstance(placed, packing.Packed)
   assert len(placed.buffers) == 3  # float32, int32, bool.
   del b["ids"]
   got = packing.unpack(jax.tree.map(
-      lambda x: np.asarray(x).reshape(8, *x.shape[2:]) if strategy == "pmap"
+      lambda x: np.asarray(x).reshape(8, *x.shape[2:]) if name == "pmap"
       else np.asarray(x), placed))
   _assert_same(got, b)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from mtkd.prefetch import prefetch_to_device
+from mtkd.train.prefetch import prefetch_to_device
 
 WAIT_S = 30  # Only bounds a hang: every wait below is for an event.
 

@@ -16,17 +16,12 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import quickstart
-from mtkd import (
-  checkpoint,
-  distributed,
-  experiment,
-  parallel,
-  preemption,
-  sharding,
-)
-from mtkd.data import pipeline
+from mtkd import distributed, experiment
+from mtkd.data import streams
 from mtkd.errors import UserError
-from mtkd.loop import Stage, fit
+from mtkd.store import checkpoint
+from mtkd.train import placement, preemption, sharding
+from mtkd.train.loop import TrainJob, fit
 from tests.test_experiment import _cli
 from tests.test_train import _data, _stage
 
@@ -107,10 +102,10 @@ def handlers():
 
 def test_sigterm_checkpoints_at_a_step_boundary_and_resumes(tmp_path,
                                                             handlers):
-  strategy = parallel.Jit(sharding.make_mesh())
+  place = placement.Jit(sharding.make_mesh())
   split = _data()
-  stream = pipeline.train_stream(split, split.labels, 8, seed=0)
-  straight = fit(_stage(tmp_path, stream, "straight"), strategy)
+  stream = streams.train_stream(split, split.labels, 8, seed=0)
+  straight = fit(_stage(tmp_path, stream, "straight"), place)
 
   fired = []
 
@@ -123,14 +118,14 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_resumes(tmp_path,
   preemption.install()
   stage = _stage(tmp_path, stream.map(sigterm_at_step_4), "stopped")
   with pytest.raises(preemption.Preempted) as e:
-    fit(stage, strategy)
+    fit(stage, place)
   assert e.value.signal_name == "SIGTERM"
   ckpt = checkpoint.Checkpointer(os.path.join(stage.directory, "checkpoints"))
   stopped_at = ckpt.latest_step()
   ckpt.close()
   assert 0 < stopped_at < 10 and f"step {stopped_at}/10" in e.value.where
   preemption.reset()
-  resumed = fit(stage, strategy)
+  resumed = fit(stage, place)
   for a, b in zip(jax.tree.leaves(jax.device_get(straight)),
                   jax.tree.leaves(jax.device_get(resumed)), strict=True):
     np.testing.assert_array_equal(a, b)
@@ -184,9 +179,9 @@ def test_keeps_latest_two_plus_best_by_loss(tmp_path):
 
 @pytest.mark.parametrize("mode", ["stop", "skip"])
 def test_non_finite_steps(tmp_path, mode):
-  strategy = parallel.Jit(sharding.make_mesh())
+  place = placement.Jit(sharding.make_mesh())
   split = _data()
-  stream = pipeline.train_stream(split, split.labels, 8, seed=0)
+  stream = streams.train_stream(split, split.labels, 8, seed=0)
 
   def poison_step_4(batch):
     if np.array_equal(batch["ids"], stream[4]["ids"]):
@@ -194,17 +189,17 @@ def test_non_finite_steps(tmp_path, mode):
     return batch
 
   stage = _stage(tmp_path, stream.map(poison_step_4), mode)
-  stage = Stage(**{**stage.__dict__, "nonfinite": mode})
+  stage = TrainJob(**{**stage.__dict__, "nonfinite": mode})
   if mode == "stop":
     with pytest.raises(UserError, match="between steps 5 and 6"):
-      fit(stage, strategy)
+      fit(stage, place)
     ckpt = checkpoint.Checkpointer(os.path.join(stage.directory,
                                                 "checkpoints"))
     step, state, _ = ckpt.restore_latest(None) or (None, None, None)
     ckpt.close()
     assert step == 3
   else:
-    state = fit(stage, strategy)
+    state = fit(stage, place)
     lines = [json.loads(x) for x in open(os.path.join(
         stage.directory, "logs", "metrics.jsonl"))]
     assert [x["train/nonfinite"] for x in lines] == [0, 0, 0.5, 0, 0]
@@ -213,24 +208,24 @@ def test_non_finite_steps(tmp_path, mode):
 
 
 def test_allow_config_change(tmp_path):
-  strategy = parallel.Jit(sharding.make_mesh())
+  place = placement.Jit(sharding.make_mesh())
   split = _data()
-  stream = pipeline.train_stream(split, split.labels, 8, seed=0)
+  stream = streams.train_stream(split, split.labels, 8, seed=0)
   stage = _stage(tmp_path, stream)
-  fit(stage, strategy)
-  changed = Stage(**{**stage.__dict__, "config": {"lr": 5.0},
+  fit(stage, place)
+  changed = TrainJob(**{**stage.__dict__, "config": {"lr": 5.0},
                      "num_steps": 12})
   with pytest.raises(UserError, match="--allow_config_change"):
-    fit(changed, strategy)
-  state = fit(Stage(**{**changed.__dict__, "allow_config_change": True}),
-              strategy)
+    fit(changed, place)
+  state = fit(TrainJob(**{**changed.__dict__, "allow_config_change": True}),
+              place)
   assert int(state.step) == 12
 
 
 def test_disk_full_while_checkpointing(tmp_path, monkeypatch):
-  strategy = parallel.Jit(sharding.make_mesh())
+  place = placement.Jit(sharding.make_mesh())
   split = _data()
-  stage = _stage(tmp_path, pipeline.train_stream(split, split.labels, 8, 0))
+  stage = _stage(tmp_path, streams.train_stream(split, split.labels, 8, 0))
   real = ocp.CheckpointManager.save
   def save(self, step, *a, **kw):
     if step >= 6:
@@ -238,9 +233,9 @@ def test_disk_full_while_checkpointing(tmp_path, monkeypatch):
     return real(self, step, *a, **kw)
   monkeypatch.setattr(ocp.CheckpointManager, "save", save)
   with pytest.raises(UserError, match="No space left.*step 3"):
-    fit(stage, strategy)
+    fit(stage, place)
   monkeypatch.undo()
-  assert int(fit(stage, strategy).step) == 10  # Resumes from step 3.
+  assert int(fit(stage, place).step) == 10  # Resumes from step 3.
 
 
 def test_verify_reports_each_broken_artifact(tmp_path):
@@ -249,7 +244,7 @@ def test_verify_reports_each_broken_artifact(tmp_path):
   c.data.name = "digits"
   c.teacher.steps = c.student.steps = 10
   experiment.run(c, str(w))
-  from mtkd import verify
+  from mtkd.stages import verify
   assert verify.verify_workdir(c, str(w)) == []
   shard = w / "cache" / "digit" / "train" / "shard-00001-of-00002"
   raw = bytearray((shard / "logits_digit.npy").read_bytes())
@@ -281,6 +276,45 @@ def test_verify_reports_each_broken_artifact(tmp_path):
              for p in problems), problems
 
 
+def _rewrite_with_checksum(shard, name, edit):
+  """Edits one cached array and rewrites its checksum: self-consistent
+  files that no longer hold what the teacher computes."""
+  x = np.load(shard / name)
+  edit(x)
+  np.save(shard / name, x)
+  digest = hashlib.sha256((shard / name).read_bytes()).hexdigest()
+  meta = json.loads((shard / "shard.json").read_text())
+  meta["files"][name] = digest
+  (shard / "shard.json").write_text(json.dumps(meta))
+  top = json.loads((shard.parent / "metadata.json").read_text())
+  for s in top["shards"]:
+    if s["name"] == shard.name:
+      s["files"][name] = digest
+  (shard.parent / "metadata.json").write_text(json.dumps(top))
+
+
+def test_verify_rechecks_feature_caches(tmp_path):
+  """Feature runs cache under cache/<teacher>-feat_<layer>/: --verify
+  finds them (through the workdir layout) and re-runs their teacher."""
+  c = quickstart.get_config("smoke")
+  c.data.name = "digits"
+  c.teacher.model = dict(name="mlp", hidden=(32,))
+  c.teacher.steps = c.student.steps = 6
+  c.baseline = False
+  c.student.stages = {"student": dict(objective="feature")}
+  w = tmp_path / "w"
+  experiment.run(c, str(w))
+  from mtkd.stages import verify
+  assert verify.verify_workdir(c, str(w)) == []
+  shard = w / "cache" / "digit-feat_representation" / "train" / (
+      "shard-00000-of-00002")
+  _rewrite_with_checksum(shard, "logits_digit.npy",
+                         lambda x: x.__setitem__(3, x[3] + 5 * np.eye(10)[0]))
+  problems = verify.verify_workdir(c, str(w))
+  assert len(problems) == 1 and "digit-feat_representation" in problems[0]
+  assert "differs from re-running" in problems[0]
+
+
 # ---------------------------------------------------- bad-input catalogue
 
 
@@ -300,8 +334,8 @@ def test_workdir_that_cannot_be_created(tmp_path):
     (lambda c: setattr(c.data, "num_labeled", 10**6), "exceeds"),
     (lambda c: c.tasks.update({"digit": {"weight": -1.0}}), "must be >= 0"),
     (lambda c: setattr(c, "nonfinite", "ignore"), "nonfinite"),
-    (lambda c: setattr(c.parallel, "strategy", "pjit"),
-     "Unknown parallel strategy"),
+    (lambda c: setattr(c.parallel, "placement", "pjit"),
+     "Unknown placement"),
 ])
 def test_more_bad_configs(tmp_path, edit, match):
   c = quickstart.get_config("smoke")

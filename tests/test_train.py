@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from mtkd import models, objectives, parallel, sharding, train
-from mtkd.data import datasets, pipeline
+from mtkd import models
+from mtkd.data import datasets, streams
 from mtkd.errors import UserError
-from mtkd.loop import Stage, fit
-from mtkd.prefetch import prefetch_to_device
+from mtkd.methods import objectives
+from mtkd.train import placement, sharding
+from mtkd.train import step as step_lib
+from mtkd.train.loop import TrainJob, fit
+from mtkd.train.prefetch import prefetch_to_device
 
 TASKS = (objectives.TaskSpec("a", 3, temperature=2.0, alpha=0.5),
          objectives.TaskSpec("b", 2, weight=0.5, temperature=4.0, alpha=0.9))
@@ -31,40 +34,40 @@ def _data(n=64):
 
 def _batch(split, teacher=True):
   rng = np.random.default_rng(1)
-  b = pipeline.Gather(split, split.labels)(np.arange(16))
+  b = streams.Gather(split, split.labels)(np.arange(16))
   if teacher:
     b["teacher"] = {"a": rng.normal(size=(16, 1, 3)).astype(np.float32),
                     "b": rng.normal(size=(16, 1, 2)).astype(np.float32)}
   return b
 
 
-def _setup(strategy, model_cfg=None):
+def _setup(place, model_cfg=None):
   model = models.build(ml_collections.ConfigDict(
       model_cfg or dict(name="patch_cnn", channels=(4,), dense=64)),
       {"a": 3, "b": 2})
-  tx = train.make_optimizer(ml_collections.ConfigDict(
+  tx = step_lib.make_optimizer(ml_collections.ConfigDict(
       dict(name="adam", learning_rate=1e-2)))
   net = models.Net(model)
-  state = strategy.init(train.make_init(net, tx, (6, 6, 1)),
+  state = place.init(step_lib.make_init(net, tx, (6, 6, 1)),
                         jax.random.key(0))
-  step = strategy.compile(lambda axis: train.make_train_step(
-      net, tx, objectives.OBJECTIVES.get("distill")(None), TASKS,
+  step = place.compile(lambda axis: step_lib.make_train_step(
+      net, tx, objectives.OBJECTIVES.get("distill")(), TASKS,
       axis_name=axis), state)
   return state, step
 
 
-def _run(strategy, n_steps=4):
+def _run(place, n_steps=4):
   """n steps on distinct batches; labels are partial, so per-device label
   counts differ and only exact global reductions agree across layouts."""
   split = _data()
-  state, step = _setup(strategy)
-  state = strategy.to_device(state)
+  state, step = _setup(place)
+  state = place.to_device(state)
   metrics = None
   for k in range(n_steps):
     batch = _batch(split.take(np.roll(np.arange(64), 16 * k)))
-    state, metrics = step(state, strategy.put_batch(batch), jax.random.key(1))
-  state = strategy.from_device(state)
-  return state, train.metric_means(strategy.metrics_to_host(metrics))
+    state, metrics = step(state, place.put_batch(batch), jax.random.key(1))
+  state = place.from_device(state)
+  return state, step_lib.metric_means(place.metrics_to_host(metrics))
 
 
 def _mesh(*axes, n=8):
@@ -72,14 +75,14 @@ def _mesh(*axes, n=8):
 
 
 def test_step_is_pure():
-  strategy = parallel.Jit(_mesh(n=1))
+  place = placement.Jit(_mesh(n=1))
   split = _data()
-  state, step = _setup(strategy)
+  state, step = _setup(place)
   host_state = jax.device_get(state)
-  batch = strategy.put_batch(_batch(split))
+  batch = place.put_batch(_batch(split))
   outs = []
   for _ in range(2):  # State is donated: rebuild it from the host copy.
-    s = jax.device_put(host_state, sharding.replicated(strategy.mesh))
+    s = jax.device_put(host_state, sharding.replicated(place.mesh))
     new, m = step(s, batch, jax.random.key(7))
     outs.append(jax.device_get((new, m)))
   for x, y in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1]),
@@ -92,14 +95,14 @@ def test_step_is_pure():
 
 
 @pytest.mark.parametrize("name,make", [
-    ("jit8", lambda: parallel.Jit(_mesh())),
-    ("pmap8", lambda: parallel.Pmap(_mesh())),
-    ("fsdp4x2", lambda: parallel.Jit(_mesh(("data", 4), ("fsdp", 2)),
+    ("jit8", lambda: placement.Jit(_mesh())),
+    ("pmap8", lambda: placement.Pmap(_mesh())),
+    ("fsdp4x2", lambda: placement.Jit(_mesh(("data", 4), ("fsdp", 2)),
                                      fsdp_min_size=64)),
 ])
 def test_layouts_match_one_device_jit(name, make):
   assert jax.device_count() == 8
-  s1, m1 = _run(parallel.Jit(_mesh(n=1)))
+  s1, m1 = _run(placement.Jit(_mesh(n=1)))
   s2, m2 = _run(make())
   assert int(s2.step) == 4
   for a, b in zip(jax.tree.leaves(jax.device_get(s1)),
@@ -111,8 +114,8 @@ def test_layouts_match_one_device_jit(name, make):
 
 
 def test_fsdp_shards_large_arrays_only():
-  strategy = parallel.Jit(_mesh(("data", 2), ("fsdp", 4)), fsdp_min_size=256)
-  state, _ = _setup(strategy)
+  place = placement.Jit(_mesh(("data", 2), ("fsdp", 4)), fsdp_min_size=256)
+  state, _ = _setup(place)
   trunk = state.params["model"]["trunk"]
   dense = trunk["Dense_1"]["kernel"]  # [36, 64]: 2304 >= 256.
   assert dense.sharding.spec == P(None, "fsdp")
@@ -121,12 +124,12 @@ def test_fsdp_shards_large_arrays_only():
   assert mu.sharding.spec == P(None, "fsdp")  # Optimizer state follows.
   bias = trunk["Dense_1"]["bias"]  # 64 < 256: replicated.
   assert bias.sharding.spec == P()
-  assert sharding.data_shards(strategy.mesh) == 8
+  assert sharding.data_shards(place.mesh) == 8
 
 
 def test_pmap_rejects_fsdp_mesh():
   with pytest.raises(UserError, match="pmap"):
-    parallel.Pmap(_mesh(("data", 4), ("fsdp", 2)))
+    placement.Pmap(_mesh(("data", 4), ("fsdp", 2)))
 
 
 def test_batch_size_must_divide_data_shards():
@@ -152,11 +155,11 @@ class _Interrupt(Exception):
 def _stage(tmp_path, stream, name="s"):
   model = models.build(ml_collections.ConfigDict(
       dict(name="mlp", hidden=(8,))), {"a": 3, "b": 2})
-  return Stage(
+  return TrainJob(
       name=name, directory=str(tmp_path / name), net=models.Net(model),
-      tx=train.make_optimizer(ml_collections.ConfigDict(
+      tx=step_lib.make_optimizer(ml_collections.ConfigDict(
           dict(name="adam", learning_rate=1e-2))),
-      objective=objectives.OBJECTIVES.get("supervised")(None), tasks=TASKS, stream=stream,
+      objective=objectives.OBJECTIVES.get("supervised")(), tasks=TASKS, stream=stream,
       num_steps=10, batch_size=8, seed=3, input_shape=(6, 6, 1),
       config={"lr": 1e-2}, log_every=2, checkpoint_every=3)
 
@@ -184,7 +187,7 @@ def test_fit_resumes_exactly_after_a_crash(tmp_path, prefetch, monkeypatch):
   """Crash at step 7, resume from checkpoint 6: same parameters and logged
   metrics as a straight run. With `prefetch`, the batches come through
   `prefetch_to_device` and the error is raised in its thread."""
-  from mtkd import loop
+  from mtkd.train import loop
   made = []
 
   def spy(*args, **kwargs):  # The loop must really go through the thread.
@@ -192,30 +195,30 @@ def test_fit_resumes_exactly_after_a_crash(tmp_path, prefetch, monkeypatch):
     return prefetch_to_device(*args, **kwargs)
 
   monkeypatch.setattr(loop, "prefetch_to_device", spy)
-  strategy = parallel.Jit(sharding.make_mesh())
+  place = placement.Jit(sharding.make_mesh())
   split = _data()
-  stream = pipeline.train_stream(split, split.labels, 8, seed=0)
-  straight = fit(_stage(tmp_path, stream, "straight"), strategy)
+  stream = streams.train_stream(split, split.labels, 8, seed=0)
+  straight = fit(_stage(tmp_path, stream, "straight"), place)
   stage = dataclasses.replace(
       _stage(tmp_path, stream.map(_crash_once_at(stream, 7)), "resumed"),
       prefetch=prefetch)
   with pytest.raises(_Interrupt):
-    fit(stage, strategy)
+    fit(stage, place)
   ckpts = sorted(os.listdir(tmp_path / "resumed" / "checkpoints"))
   assert ckpts == ["3", "6"]
-  resumed = fit(stage, strategy)  # Resumes from step 6.
+  resumed = fit(stage, place)  # Resumes from step 6.
   for a, b in zip(jax.tree.leaves(jax.device_get(straight)),
                   jax.tree.leaves(jax.device_get(resumed)), strict=True):
     np.testing.assert_array_equal(a, b)
   assert _logged(tmp_path / "resumed") == _logged(tmp_path / "straight")
   assert made == ([prefetch] * 2 if prefetch else [])  # Crashed + resumed.
   # A finished stage is restored, not retrained, and a changed config refused.
-  again = fit(stage, strategy)
+  again = fit(stage, place)
   assert int(again.step) == 10
   changed = _stage(tmp_path, stream, "resumed")
-  changed = Stage(**{**changed.__dict__, "config": {"lr": 1.0}})
+  changed = TrainJob(**{**changed.__dict__, "config": {"lr": 1.0}})
   with pytest.raises(UserError, match="differing keys: lr"):
-    fit(changed, strategy)
+    fit(changed, place)
 
 
 @pytest.mark.parametrize("devices", [1, 8])
@@ -223,7 +226,7 @@ def test_accumulate_sums_with_separate_resets(devices):
   """loop.accumulate against numpy: the log sums reset every 3 steps, the
   since-save loss every 4, as in the loop; with 8 devices the metrics carry
   pmap's leading device axis."""
-  from mtkd.loop import accumulate
+  from mtkd.train.loop import accumulate
   rng = np.random.default_rng(0)
   shape = (devices,) if devices > 1 else ()
   steps = [{"loss": (rng.normal(size=shape), np.ones(shape)),

@@ -2,12 +2,11 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from mtkd import weighting
 from mtkd.errors import UserError
+from mtkd.methods import weighting
 
 TASKS = ("a", "b", "c")
 N, D, H = 16, 3, 4  # global batch, input, hidden
@@ -23,9 +22,9 @@ def _last_shared(p):
       lambda path, _: path[0].key == "trunk" and path[1].key == "w1", p)
 
 
-def _make(name, tasks=TASKS, **kw):
-  cfg = ml_collections.ConfigDict(dict(name=name, **kw))
-  return weighting.make(cfg, tasks, _shared, _last_shared)
+def _make(name, tasks=TASKS, weights=None, **settings):
+  return weighting.make(name, settings, tasks, _shared, _last_shared,
+                        weights=weights)
 
 
 def _model():
@@ -257,7 +256,7 @@ def _pcgrad(g, heads=None):
     return g @ p["trunk"]["w0"] + heads * p["head"], None
 
   tasks = tuple(f"t{i}" for i in range(len(g)))
-  w = weighting.make({"name": "pcgrad"}, tasks, _shared, _last_shared)
+  w = weighting.make("pcgrad", None, tasks, _shared, _last_shared)
   return w(loss_fn, params, {}, 0, jax.random.key(3))[1]
 
 

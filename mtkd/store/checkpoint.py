@@ -25,7 +25,8 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from mtkd import distributed
-from mtkd.fingerprint import fully_addressable, tree_fingerprint
+from mtkd.store import layout
+from mtkd.store.fingerprint import fully_addressable, tree_fingerprint
 
 FINGERPRINT = "state_fingerprint"
 
@@ -121,8 +122,8 @@ class Checkpointer:
     return None
 
   def _quarantine(self, step: int, why: str) -> None:
-    dest = os.path.join(os.path.dirname(self.directory),
-                        "corrupt_checkpoints", f"{step}-{int(time.time())}")
+    dest = os.path.join(layout.corrupt_checkpoints(
+        os.path.dirname(self.directory)), f"{step}-{int(time.time())}")
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(dest), exist_ok=True)
       shutil.move(os.path.join(self.directory, str(step)), dest)

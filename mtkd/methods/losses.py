@@ -1,8 +1,9 @@
 """Per-example losses. Every function returns one value per example, `[B]`.
 
-Reductions (masking, batch mean, task weights) live in `mtkd.objectives`, so
-each loss here can be tested against a numpy reference on its own. Formulas
-follow notes/kd-mtl-formulas.md section 5.
+Reductions (masking, batch mean, task weights) live in
+`mtkd.methods.objectives`, so each loss here can be tested against a numpy
+reference on its own (tests/test_losses.py, float64). Each docstring names
+the formula and its paper; README.md's Methods section lists them all.
 
 Conventions shared by every function:
 - Inputs are cast to float32 first, so fp16/bf16 cached logits are safe.
@@ -141,6 +142,25 @@ def soft_cross_entropy(student_logits: jax.Array,
   """-sum_c target_c * log_softmax(z_s)_c for `[B, C]` target distributions."""
   log_q = jax.nn.log_softmax(_f32(student_logits), axis=-1)
   return -jnp.sum(_f32(target_probs) * log_q, axis=-1)
+
+
+def js_kd(student_logits: jax.Array, teacher_logits: jax.Array,
+          temperature: Scalar, beta: Scalar = 0.5) -> jax.Array:
+  """T^2 * JS_beta(pbar_T || q_T), the generalised Jensen-Shannon divergence.
+
+  JS_beta(p || q) = beta KL(p || m) + (1 - beta) KL(q || m) with the mixture
+  m = beta p + (1 - beta) q (as in GKD, Agarwal et al. 2024); pbar_T is the
+  teachers' mean softmax at T, q_T the student's. 0 <= JS_beta <= h(beta),
+  the binary entropy of beta (log 2 at beta = 0.5, where it is symmetric).
+  log m is a logaddexp of log-probabilities, so no probability is logged
+  after underflowing to 0.
+  """
+  t = _f32(temperature)
+  b = _f32(beta)
+  log_p = ensemble_log_probs(teacher_logits, t)
+  log_q = jax.nn.log_softmax(_f32(student_logits) / t, axis=-1)
+  log_m = jnp.logaddexp(jnp.log(b) + log_p, jnp.log1p(-b) + log_q)
+  return t * t * (b * _kl(log_p, log_m) + (1.0 - b) * _kl(log_q, log_m))
 
 
 def annealed_targets(labels: jax.Array, teacher_logits: jax.Array,

@@ -1,4 +1,5 @@
-"""Which teachers exist, and how the student reads them (cached or online).
+"""Teachers: which exist, and how the students read them (cached or
+online). The stage that trains one is `mtkd.stages.teacher`.
 
 A teacher *layout* (registry) maps the dataset's tasks to teacher groups:
 'single' gives one single-task teacher per task (cross-task KD), 'multi' one
@@ -24,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtkd import cache, configs_util, models
+from mtkd import configs_util, models
 from mtkd.errors import UserError
 from mtkd.registry import Registry
+from mtkd.store import cache
 
 LAYOUTS: Registry = Registry("teacher layout")
 LAYOUTS.register("multi")(lambda tasks: {"multi": tuple(tasks)})
@@ -96,10 +98,12 @@ class CachedJoin:
   def __call__(self, ids: np.ndarray) -> dict:
     looked = {name: c.lookup(ids) for name, c in self.caches.items()}
     # One member (the common case) is a view, not another copy of the rows.
-    out = {"teacher": {
-        task: (looked[names[0]][task][:, None] if len(names) == 1 else
-               np.stack([looked[n][task] for n in names], 1))
-        for task, names in self.by_task.items()}}
+    out = {}
+    if self.by_task:
+      out["teacher"] = {
+          task: (looked[names[0]][task][:, None] if len(names) == 1 else
+                 np.stack([looked[n][task] for n in names], 1))
+          for task, names in self.by_task.items()}
     if self.features:
       out["teacher_features"] = {
           group: looked[name][f"feat_{self.layer}"]
@@ -130,3 +134,42 @@ def online(nets: Mapping[str, models.MultiHead],
     out_features = {g: feats[n] for g, n in features.items()}
     return jax.lax.stop_gradient((stack, out_features))
   return apply
+
+
+@dataclasses.dataclass
+class Teachers:
+  """Every trained teacher of a run and its caches, as students read them.
+
+  `layer` is the cached feature layer ('' when no stage matches features);
+  the feature target of a group is its first member's (`feature_sources`).
+  """
+  members: list[Member]
+  nets: dict[str, models.MultiHead]
+  params: dict[str, dict]          # member -> exported params
+  caches: dict[str, dict]          # split -> member -> LogitCache
+  layer: str = ""
+
+  def by_task(self, tasks) -> dict[str, list[str]]:
+    return stacks(self.members, tasks)
+
+  @property
+  def feature_groups(self) -> dict[str, str]:
+    return feature_sources(self.members)
+
+  def test_stack(self, task: str) -> np.ndarray:
+    """`[N, K, out]` cached test outputs of the task's K teachers."""
+    names = self.by_task((task,))[task]
+    return np.stack([self.caches["test"][n].all_logits(task) for n in names],
+                    1)
+
+  def join(self, tasks, logits: bool, features: bool) -> CachedJoin:
+    """Batch entries from the training caches: teacher stacks (`logits`)
+    and the groups' features (`features`)."""
+    return CachedJoin(self.caches["train"],
+                      self.by_task(tasks) if logits else {},
+                      self.feature_groups if features else None, self.layer)
+
+  def online(self, tasks, features: bool) -> Callable:
+    """The frozen teachers as a function run inside the step."""
+    return online(self.nets, self.by_task(tasks),
+                  self.feature_groups if features else None, self.layer)

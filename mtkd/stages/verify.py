@@ -5,39 +5,37 @@ fingerprint saved with it), each teacher cache (complete, every file's
 checksum, examples and ids against the configured dataset, teacher
 fingerprint against the teacher's final checkpoint, and the cached outputs
 against a re-run of that teacher on a sample) and results.json (one entry
-per task with teacher, baseline and every student stage).
+per task with teacher, baseline and every student stage). Every path comes
+from `mtkd.store.layout`, feature and storage-mode caches included.
 """
 
-import glob
 import json
 import math
 import os
 
 import numpy as np
 
-from mtkd import cache, checkpoint
+from mtkd import models
 from mtkd.data import datasets
 from mtkd.errors import UserError
-from mtkd.fingerprint import tree_fingerprint
+from mtkd.stages import plan, teachers
+from mtkd.store import cache, checkpoint
+from mtkd.store import layout as layout_lib
+from mtkd.store.fingerprint import tree_fingerprint
+from mtkd.store.layout import Layout
+from mtkd.train import sharding
+from mtkd.train.predict import predict
 
 
-def _student_runs(config) -> list[str]:
-  from mtkd import experiment  # Deferred: verify must not pull in training.
-  return (["baseline"] if config.get("baseline", True) else []) + list(
-      experiment.student_stages(config))
-
-
-def _stage_dirs(config, workdir: str, teacher_root: str) -> list[str]:
-  return sorted(glob.glob(os.path.join(teacher_root, "teachers", "*"))) + [
-      os.path.join(workdir, s) for s in ("source", *_student_runs(config))]
-
-
-def _check_checkpoints(config, workdir: str, teacher_root: str,
-                       problems: list[str]) -> dict[str, str]:
-  """Checks every step; returns {teacher name: final params fingerprint}."""
-  teacher_fps = {}
-  for stage_dir in _stage_dirs(config, workdir, teacher_root):
-    directory = os.path.join(stage_dir, "checkpoints")
+def _check_checkpoints(config, layout: Layout,
+                       problems: list[str]) -> dict[str, dict]:
+  """Checks every step; returns {teacher member: final exported params}."""
+  teacher_dirs = set(layout.teachers())
+  stage_dirs = sorted(teacher_dirs) + [
+      layout.stage(s) for s in (layout_lib.SOURCE, *plan.stage_plan(config))]
+  final = {}
+  for stage_dir in stage_dirs:
+    directory = layout_lib.checkpoints(stage_dir)
     if not os.path.isdir(directory):
       continue
     ckpt = checkpoint.Checkpointer(directory)
@@ -47,40 +45,39 @@ def _check_checkpoints(config, workdir: str, teacher_root: str,
         problems.append(f"checkpoint {directory}/{step} is unusable: {err}. "
                         "A resumed run falls back to the previous checkpoint.")
     good = [s for s in ckpt.all_steps() if not ckpt.check(s)]
-    if good and os.path.basename(os.path.dirname(stage_dir)) == "teachers":
+    if good and stage_dir in teacher_dirs:
       state, _ = ckpt.restore(good[-1], None)
-      teacher_fps[os.path.basename(stage_dir)] = tree_fingerprint(
-          state["params"]["model"])
+      final[os.path.basename(stage_dir)] = state["params"]["model"]
     ckpt.close()
-  return teacher_fps
+  return final
 
 
-def _check_caches(teacher_root: str, ds: datasets.Dataset | None,
-                  teacher_fps: dict[str, str], problems: list[str]) -> None:
-  for directory in sorted(glob.glob(os.path.join(teacher_root, "cache", "*",
-                                                 "*"))):
-    teacher, split_name = directory.split(os.sep)[-2:]
-    teacher = teacher.split("-feat_")[0]  # Caches that also hold features.
+def _check_caches(layout: Layout, ds: datasets.Dataset | None,
+                  teacher_params: dict[str, dict],
+                  problems: list[str]) -> None:
+  for key, directory in layout.caches():
     if cache.read_metadata(directory) is None:
       problems.append(f"teacher cache {directory} is incomplete (no "
                       "metadata.json); re-run the command to finish it.")
       continue
-    expected = {"teacher": teacher, "split": split_name}
-    if ds is not None and split_name in ("train", "test"):
-      expected["dataset_fingerprint"] = getattr(ds, split_name).fingerprint()
-    if teacher in teacher_fps:
-      expected["teacher_fingerprint"] = teacher_fps[teacher]
+    expected = {"teacher": key.member, "split": key.split,
+                "dtype": key.dtype, "top_k": key.top_k}
+    if ds is not None and key.split in ("train", "test"):
+      expected["dataset_fingerprint"] = getattr(ds, key.split).fingerprint()
+    if key.member in teacher_params:
+      expected["teacher_fingerprint"] = tree_fingerprint(
+          teacher_params[key.member])
     try:
       c = cache.LogitCache(directory, expected, verify=True)
-      if ds is not None and split_name in ("train", "test"):
-        c.rows(getattr(ds, split_name).ids)  # Every example has its logits.
+      if ds is not None and key.split in ("train", "test"):
+        c.rows(getattr(ds, key.split).ids)  # Every example has its logits.
     except UserError as e:
       problems.append(str(e))
 
 
-def _check_results(workdir: str, ds: datasets.Dataset | None,
+def _check_results(layout: Layout, ds: datasets.Dataset | None,
                    runs: list[str], problems: list[str]) -> None:
-  path = os.path.join(workdir, "results.json")
+  path = layout.results
   if not os.path.isfile(path):
     return
   try:
@@ -92,13 +89,17 @@ def _check_results(workdir: str, ds: datasets.Dataset | None,
   if ds is not None and sorted(results) != sorted(ds.tasks):
     problems.append(f"{path} has tasks {sorted(results)}, the config's data "
                     f"has {sorted(ds.tasks)}.")
-  for task, models in results.items():
+  for task, rows in results.items():
     for model in ("teacher", *runs):
-      m = models.get(model, {}) if isinstance(models, dict) else {}
-      acc, loss = m.get("accuracy", 0.0), m.get("loss")
-      if not (isinstance(acc, float | int) and 0 <= acc <= 1 and
-              isinstance(loss, float | int) and math.isfinite(loss)):
-        problems.append(f"{path}: {task}/{model} lacks a valid accuracy and "
+      m = rows.get(model, {}) if isinstance(rows, dict) else {}
+      kind = ds.kind(task) if ds is not None and task in ds.tasks else ""
+      main = "mse" if kind == "regression" else "accuracy"
+      value, loss = m.get(main), m.get("loss")
+      ok_value = isinstance(value, float | int) and math.isfinite(value) and (
+          main == "mse" or 0 <= value <= 1)
+      if not (ok_value and isinstance(loss, float | int)
+              and math.isfinite(loss)):
+        problems.append(f"{path}: {task}/{model} lacks a valid {main} and "
                         "loss.")
 
 
@@ -108,30 +109,24 @@ def _softmax(x: np.ndarray) -> np.ndarray:
   return e / e.sum(-1, keepdims=True)
 
 
-def _check_teacher_outputs(config, teacher_root: str, ds: datasets.Dataset,
+def _check_teacher_outputs(config, layout: Layout, ds: datasets.Dataset,
+                           teacher_params: dict[str, dict],
                            problems: list[str], sample: int = 256) -> None:
   """Re-runs each teacher on the first `sample` training examples and
-  compares its class probabilities with the cached ones (TinyViT-style
-  check that the cache holds what the teacher computes)."""
-  from mtkd import evaluate, models, sharding, teachers  # Training imports.
+  compares its outputs with every train cache of it (TinyViT-style check
+  that a cache holds what the teacher computes)."""
   mesh = sharding.make_mesh(config.mesh)
   part = ds.train.take(slice(0, min(sample, len(ds.train))))
-  for m in teachers.members(config, ds.tasks):
-    stage = os.path.join(teacher_root, "teachers", m.name, "checkpoints")
-    directory = os.path.join(teacher_root, "cache", m.name, "train")
+  by_member = {m.name: m for m in teachers.members(config, ds.tasks)}
+  for key, directory in layout.caches():
+    m = by_member.get(key.member)
     meta = cache.read_metadata(directory)
-    if not os.path.isdir(stage) or meta is None:
+    if key.split != "train" or m is None or meta is None or (
+        key.member not in teacher_params):
       continue
-    ckpt = checkpoint.Checkpointer(stage)
-    try:
-      state, _ = ckpt.restore(ckpt.latest_step(), None)
-    except Exception:  # noqa: BLE001 - reported by _check_checkpoints.
-      continue
-    finally:
-      ckpt.close()
     model = models.build(m.model_cfg, {t: ds.num_classes[t] for t in m.tasks})
-    online = evaluate.predict(model, state["params"]["model"], part,
-                              config.eval_batch_size, mesh)
+    online = predict(model, teacher_params[key.member], part,
+                     config.eval_batch_size, mesh)
     try:
       cached = cache.LogitCache(directory, {}, verify=False).lookup(part.ids)
     except UserError as e:
@@ -165,10 +160,10 @@ def verify_workdir(config, workdir: str) -> list[str]:
     ds = None
     problems.append(f"cannot load the configured dataset to check caches "
                     f"against: {e}")
-  teacher_root = config.teacher.get("workdir") or workdir
-  teacher_fps = _check_checkpoints(config, workdir, teacher_root, problems)
-  _check_caches(teacher_root, ds, teacher_fps, problems)
+  layout = Layout.of(config, workdir)
+  teacher_params = _check_checkpoints(config, layout, problems)
+  _check_caches(layout, ds, teacher_params, problems)
   if ds is not None:
-    _check_teacher_outputs(config, teacher_root, ds, problems)
-  _check_results(workdir, ds, _student_runs(config), problems)
+    _check_teacher_outputs(config, layout, ds, teacher_params, problems)
+  _check_results(layout, ds, list(plan.stage_plan(config)), problems)
   return problems

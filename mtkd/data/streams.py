@@ -1,4 +1,4 @@
-"""Grain input pipelines over in-memory splits.
+"""Grain input streams over in-memory splits.
 
 Training streams are random-access: batch k is a pure function of
 (seed, k). Epoch e is a numpy permutation seeded by (seed, e), drawn once per
@@ -13,7 +13,7 @@ The gather step turns a batch of row indices into arrays with one vectorised
 fancy-index per array (not one Python call per example) and joins the
 teacher's cached logits by example id. Batches are global: in a multi-process
 run every process computes the same row indices and gathers only its own
-contiguous share (`sharding.process_rows`), so no process reads another's
+contiguous share (`distributed.process_rows`), so no process reads another's
 examples.
 """
 
@@ -22,12 +22,12 @@ from collections.abc import Callable, Iterator, Mapping
 import grain
 import numpy as np
 
-from mtkd import sharding
+from mtkd import distributed
 from mtkd.data.datasets import Split, to_float
 
 Batch = dict[str, object]
 # Maps example ids [B] to extra batch entries (e.g. `teacher`: {task: [B, K,
-# C]}, see `mtkd.teachers.CachedJoin`); raises on unknown ids.
+# C]}, see `mtkd.stages.teachers.CachedJoin`); raises on unknown ids.
 JoinFn = Callable[[np.ndarray], Mapping[str, object]]
 
 
@@ -82,7 +82,7 @@ class EpochShuffle:
 
 
 def _this_process(rows: np.ndarray) -> np.ndarray:
-  return rows[sharding.process_rows(len(rows))]
+  return rows[distributed.process_rows(len(rows))]
 
 
 class _PadThenSlice:
@@ -96,7 +96,7 @@ class _PadThenSlice:
     mask = np.zeros(self.size, np.float32)
     mask[:len(rows)] = 1.0
     rows = np.concatenate([rows, np.full(self.size - len(rows), rows[0])])
-    share = sharding.process_rows(self.size)
+    share = distributed.process_rows(self.size)
     return rows[share], mask[share]
 
 

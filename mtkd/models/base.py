@@ -1,4 +1,4 @@
-"""Multi-head Flax (Linen) models: a registered trunk plus one head per task.
+"""The model contract: a registered trunk plus one head per task.
 
 Trunks adapt to the input: images `[B, H, W, C]` or vectors `[B, D]`. They
 return `(features, blocks)`: the representation the heads read and a dict of
@@ -17,7 +17,7 @@ float32 (Flax's `param_dtype`), and the heads compute in float32. bfloat16
 is for accelerators: XLA:CPU emulates it, slower than float32.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
@@ -28,72 +28,6 @@ from mtkd.errors import UserError
 from mtkd.registry import Registry
 
 TRUNKS: Registry = Registry("model")
-
-
-def space_to_depth(x: jax.Array) -> jax.Array:
-  """Folds 2x2 (or 2, for sequences) spatial patches into channels.
-
-  `[B, H, W, C] -> [B, ceil(H/2), ceil(W/2), 4C]`, `[B, L, C] -> [B, ceil(L/2),
-  2C]`; odd sizes are zero-padded. A Dense on the result is a 2x2 stride-2
-  convolution whose forward and backward passes are plain matmuls, which
-  XLA:CPU runs several times faster than a strided `nn.Conv` backward.
-  """
-  spatial = x.shape[1:-1]
-  pad = [(0, 0)] + [(0, s % 2) for s in spatial] + [(0, 0)]
-  x = jnp.pad(x, pad)
-  b, c = x.shape[0], x.shape[-1]
-  halves = [s // 2 for s in x.shape[1:-1]]
-  if len(spatial) == 1:
-    return x.reshape(b, halves[0], 2 * c)
-  h, w = halves
-  x = x.reshape(b, h, 2, w, 2, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, h, w, 4 * c)
-
-
-@TRUNKS.register("mlp")
-class MLP(nn.Module):
-  """Flatten, then Dense + ReLU (+ dropout) per hidden layer."""
-  hidden: Sequence[int] = (128,)
-  dropout: float = 0.0
-  dtype: str = "float32"  # Compute dtype (see the module docstring).
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False):
-    x = x.reshape(x.shape[0], -1)
-    blocks = {}
-    for i, width in enumerate(self.hidden):
-      x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
-      blocks[f"block_{i}"] = x
-      if self.dropout:
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return x, blocks
-
-
-@TRUNKS.register("patch_cnn")
-class PatchCNN(nn.Module):
-  """Stride-2 2x2 "patch" convolutions, then one Dense layer.
-
-  Works on images and (as 1-D convolutions) on vectors.
-  """
-  channels: Sequence[int] = (32, 64)
-  dense: int = 256
-  dropout: float = 0.0
-  dtype: str = "float32"  # Compute dtype (see the module docstring).
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False):
-    if x.ndim == 2:
-      x = x[..., None]
-    blocks = {}
-    for i, c in enumerate(self.channels):
-      x = nn.relu(nn.Dense(c, dtype=self.dtype)(space_to_depth(x)))
-      blocks[f"block_{i}"] = x
-    x = x.reshape(x.shape[0], -1)
-    x = nn.relu(nn.Dense(self.dense, dtype=self.dtype)(x))
-    blocks[f"block_{len(self.channels)}"] = x
-    if self.dropout:
-      x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return x, blocks
 
 
 class MultiHead(nn.Module):
@@ -179,7 +113,3 @@ def build(cfg, num_classes: Mapping[str, int]) -> MultiHead:
   trunk_cls = TRUNKS.get(cfg["name"])
   return MultiHead(trunk=trunk_cls(**kwargs),
                    heads=tuple((t, int(n)) for t, n in num_classes.items()))
-
-
-# Registers the text trunks (they import TRUNKS from here).
-from mtkd import text_models  # noqa: E402,F401

@@ -8,10 +8,16 @@ gradients (and per-task gradients) are psums. Every nonlinear step (weights,
 projections, norms, state updates) runs on psummed quantities, so the result
 equals the single-device computation on the whole batch, and `new_state` is
 identical on every device. Each method documents its exact variant.
+
+Like objectives, a weighting is built from its own settings block only
+(`config.weighting.<name>`, validated in the constructor) plus the fixed
+per-term weights (`config.tasks` and the objective's extra terms); that
+block is what counts toward a stage's resume fingerprint.
 """
 
+import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +26,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from mtkd.errors import UserError
+from mtkd.methods.settings import check, settings_namespace
 from mtkd.registry import Registry
 
 Pytree = Any
@@ -78,15 +85,34 @@ class Weighting:
 
   Subclasses with state-free weights override `weights`; stateful ones also
   override `init` and `update` (which sees the global losses only).
+  Settings: `default_settings` overridden by the block given, checked by
+  `validate`, read as `self.settings.<key>`.
   """
+  settings_key: ClassVar[str] = ""  # Its block: config.weighting.<key>.
+  default_settings: ClassVar[Mapping[str, Any]] = {}
 
-  def __init__(self, cfg: Mapping, task_names: Sequence[str],
-               shared_mask: Mask, last_shared_mask: Mask):
-    self.cfg = cfg
+  def __init__(self, settings: Mapping | None, task_names: Sequence[str],
+               shared_mask: Mask | None = None,
+               last_shared_mask: Mask | None = None,
+               weights: Mapping | Sequence | None = None):
+    self.owner = f"config.weighting.{self.settings_key}"
+    self.settings = settings_namespace(self.owner, self.default_settings,
+                                       settings)
     self.task_names = tuple(task_names)
     self.num_tasks = len(self.task_names)
     self.shared_mask = shared_mask
     self.last_shared_mask = last_shared_mask
+    self.validate(self.settings, weights)
+
+  def validate(self, s, weights) -> None:
+    """Raises a UserError for a bad setting; `weights` are the fixed term
+    weights (used by 'fixed')."""
+    del s, weights
+
+  def positive(self, key: str) -> None:
+    value = getattr(self.settings, key)
+    check(isinstance(value, int | float) and value > 0, self.owner, key,
+          value, "it must be > 0")
 
   def init(self, params: Pytree) -> Pytree:
     del params
@@ -136,35 +162,36 @@ class Equal(Weighting):
 
 @WEIGHTINGS.register("fixed")
 class Fixed(Weighting):
-  """Constant w from `cfg.weights`: {task: w} or a list aligned with the
-  tasks; tasks left out get 1. Negative or unknown entries are errors."""
+  """Constant w from the term weights (`config.tasks` weights, and the
+  objective's for its extra terms): {term: w} or a list aligned with the
+  terms; terms left out get 1. Negative or unknown entries are errors."""
 
-  def __init__(self, cfg, task_names, shared_mask, last_shared_mask):
-    super().__init__(cfg, task_names, shared_mask, last_shared_mask)
-    given = cfg.get("weights", None) or {}
+  def validate(self, s, weights):
+    given = weights or {}
     if hasattr(given, "items"):
       given = dict(given.items())
       unknown = sorted(set(given) - set(self.task_names))
       if unknown:
         raise WeightingConfigError(
-            f"weighting.weights names unknown tasks {unknown}; the tasks are "
-            f"{list(self.task_names)}. Fix the names in the config.")
+            f"The task weights (config.tasks) name unknown tasks {unknown}; "
+            f"the terms are {list(self.task_names)}. Fix the names in the "
+            "config.")
     elif isinstance(given, Sequence) and not isinstance(given, str):
       if len(given) != self.num_tasks:
         raise WeightingConfigError(
-            f"weighting.weights has {len(given)} entries for "
+            f"The task weights have {len(given)} entries for "
             f"{self.num_tasks} tasks {list(self.task_names)}; give one per "
             "task or a {task: weight} dict.")
       given = dict(zip(self.task_names, given, strict=True))
     else:
       raise WeightingConfigError(
-          f"weighting.weights must be a dict or a list, not {given!r}.")
+          f"Task weights must be a dict or a list, not {given!r}.")
     values = [float(given.get(n, 1.0)) for n in self.task_names]
     bad = {n: v for n, v in zip(self.task_names, values, strict=True)
            if not v >= 0}
     if bad:
       raise WeightingConfigError(
-          f"weighting.weights must be >= 0; got {bad}. Fix them in the "
+          f"Task weights must be >= 0; got {bad}. Fix them in the "
           "config.")
     self._w = tuple(values)
 
@@ -179,19 +206,23 @@ class Uncertainty(Weighting):
   LibMTL): total = sum_i 0.5 exp(-s_i) L_i + 0.5 s_i, s_i = log sigma_i^2.
 
   L_i is the whole per-task loss (CE + KD sum), not each term. s lives in
-  the state with its own Adam (`cfg.learning_rate`, default 1e-3), stepped
+  the state with its own Adam (`learning_rate`, default 1e-3), stepped
   with d total / d s at the global losses; its optimum is s_i = log L_i.
-  Init `cfg.init_log_var` (default -0.5, LibMTL's).
+  Init `init_log_var` (default -0.5, LibMTL's).
   """
+  settings_key = "uncertainty"
+  default_settings = dict(learning_rate=1e-3, init_log_var=-0.5)
 
-  def __init__(self, cfg, task_names, shared_mask, last_shared_mask):
-    super().__init__(cfg, task_names, shared_mask, last_shared_mask)
-    self._tx = optax.adam(cfg.get("learning_rate", 1e-3))
+  def validate(self, s, weights):
+    self.positive("learning_rate")
+    check(isinstance(s.init_log_var, int | float)
+          and math.isfinite(s.init_log_var), self.owner, "init_log_var",
+          s.init_log_var, "use a finite number")
+    self._tx = optax.adam(s.learning_rate)
 
   def init(self, params):
     del params
-    s = jnp.full((self.num_tasks,), self.cfg.get("init_log_var", -0.5),
-                 jnp.float32)
+    s = jnp.full((self.num_tasks,), self.settings.init_log_var, jnp.float32)
     return {"log_var": s, "opt": self._tx.init(s)}
 
   def weights(self, state, step):
@@ -214,12 +245,19 @@ class DWA(Weighting):
   """Dynamic Weight Average, Liu et al. 2019: w = K softmax(r / T) with
   r_k = Lbar_k(t-1) / Lbar_k(t-2), Lbar the mean global loss over a period.
 
-  A period is `cfg.period` steps (an epoch; default 100) and ends after
+  A period is `period` steps (an epoch; default 100) and ends after
   steps with (step + 1) % period == 0, so periods follow the step counter
   across resumes. w = 1 until two periods are complete. T =
-  `cfg.temperature` (default 2). State: the current period's loss sum and
+  `temperature` (default 2). State: the current period's loss sum and
   count, the last two period means ([0] newest) and completed periods.
   """
+  settings_key = "dwa"
+  default_settings = dict(temperature=2.0, period=100)
+
+  def validate(self, s, weights):
+    self.positive("temperature")
+    check(isinstance(s.period, int) and s.period >= 1, self.owner, "period",
+          s.period, "use a step count >= 1")
 
   def init(self, params):
     del params
@@ -233,13 +271,13 @@ class DWA(Weighting):
     del step
     prev, prev2 = state["means"]
     ratio = prev / jnp.where(prev2 > 0, prev2, 1.0)
-    temperature = self.cfg.get("temperature", 2.0)
+    temperature = self.settings.temperature
     w = self.num_tasks * jax.nn.softmax(ratio / temperature)
     return jnp.where(state["periods"] >= 2, w, jnp.ones_like(w))
 
   def update(self, state, losses, step):
     total, count = state["sum"] + losses, state["count"] + 1
-    done = (step + 1) % self.cfg.get("period", 100) == 0
+    done = (step + 1) % self.settings.period == 0
     mean = total / count.astype(jnp.float32)
     means = jnp.where(done, jnp.stack([mean, state["means"][0]]),
                       state["means"])
@@ -257,10 +295,17 @@ class GradNorm(Weighting):
   G_i = ||grad_W (w_i L_i)|| on the last shared layer W (last_shared_mask);
   r_i = Lt_i / mean(Lt) with Lt_i = L_i / L_i(0), L(0) the global losses
   at the first call; L_grad = sum_i |G_i - sg(mean(G) r_i^alpha)|. Then
-  w <- max(w - lr dL_grad/dw, 0), rescaled to sum K. `cfg.alpha` (1.5),
-  `cfg.learning_rate` (0.025; plain SGD on w, as the paper's separate
+  w <- max(w - lr dL_grad/dw, 0), rescaled to sum K. `alpha` (1.5),
+  `learning_rate` (0.025; plain SGD on w, as the paper's separate
   optimizer is unspecified here). Per-task grads on W are psummed first.
   """
+  settings_key = "gradnorm"
+  default_settings = dict(learning_rate=0.025, alpha=1.5)
+
+  def validate(self, s, weights):
+    self.positive("learning_rate")
+    check(isinstance(s.alpha, int | float) and s.alpha >= 0, self.owner,
+          "alpha", s.alpha, "use >= 0")
 
   def init(self, params):
     del params
@@ -288,7 +333,7 @@ class GradNorm(Weighting):
     l0 = jnp.where(first, losses, state["initial_losses"])
     lt = jnp.where(l0 > 0, losses / jnp.where(l0 > 0, l0, 1.0), 1.0)
     r = lt / jnp.mean(lt)
-    alpha = self.cfg.get("alpha", 1.5)
+    alpha = self.settings.alpha
 
     def grad_loss(w):
       g = w * norms
@@ -296,7 +341,7 @@ class GradNorm(Weighting):
       return jnp.sum(jnp.abs(g - target))
 
     l_grad, dw = jax.value_and_grad(grad_loss)(w)
-    new_w = jnp.maximum(w - self.cfg.get("learning_rate", 0.025) * dw, 0.0)
+    new_w = jnp.maximum(w - self.settings.learning_rate * dw, 0.0)
     norm = jnp.sum(new_w)
     new_w = jnp.where(norm > 0, new_w * k / jnp.where(norm > 0, norm, 1.0),
                       jnp.ones_like(new_w))
@@ -361,8 +406,22 @@ class PCGrad(Weighting):
     return jnp.sum(losses), grads, aux, state, metrics
 
 
-def make(cfg: Mapping, task_names: Sequence[str], shared_mask: Mask,
-         last_shared_mask: Mask) -> Weighting:
-  """`cfg.name` -> a `Weighting` (unknown names list the known ones)."""
-  cls = WEIGHTINGS.get(cfg["name"])
-  return cls(cfg, task_names, shared_mask, last_shared_mask)
+def make(name: str, settings: Mapping | None, task_names: Sequence[str],
+         shared_mask: Mask | None = None,
+         last_shared_mask: Mask | None = None,
+         weights: Mapping | Sequence | None = None) -> Weighting:
+  """The weighting `name` from its own settings block and the fixed term
+  weights (unknown names list the known ones)."""
+  return WEIGHTINGS.get(name)(settings, task_names, shared_mask,
+                              last_shared_mask, weights)
+
+
+def build(config, task_names: Sequence[str], shared_mask: Mask | None = None,
+          last_shared_mask: Mask | None = None,
+          weights: Mapping | None = None) -> Weighting:
+  """The weighting `config.weighting.name`, from its block only."""
+  name = config.weighting.name
+  cls = WEIGHTINGS.get(name)
+  block = config.weighting.get(cls.settings_key) if cls.settings_key else None
+  return make(name, block, task_names, shared_mask, last_shared_mask,
+              weights)

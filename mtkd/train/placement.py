@@ -1,11 +1,13 @@
-"""How a train step runs on devices: `jit` over a mesh, or `pmap`.
+"""Placements: how a train step runs on devices, `jit` over a mesh or `pmap`.
 
-Both strategies compile the *same* step body from `train.make_train_step`;
-`pmap` passes an axis name so the body sums counts, gradients and metrics
-over devices (see `objectives.combine`). The loop keeps the canonical state
-as global arrays placed by `state_shardings` (what checkpoints and
-evaluation use); a strategy converts to and from its own layout with
-`to_device` / `from_device`.
+Both placements compile the *same* step body from
+`mtkd.train.step.make_train_step`; `pmap` passes an axis name so the body
+sums counts, gradients and metrics over devices (see
+`mtkd.methods.objectives.combine`). The loop keeps the canonical state as
+global arrays placed by `state_shardings` (what checkpoints and evaluation
+use); a placement converts to and from its own layout with `to_device` /
+`from_device`. `config.parallel.placement` picks one. ("Strategy" in mtkd
+means a KD method, never a placement.)
 """
 
 from collections.abc import Callable
@@ -14,28 +16,57 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from mtkd import packing, sharding
 from mtkd.errors import UserError
 from mtkd.registry import Registry
+from mtkd.train import packing, sharding
 
-STRATEGIES: Registry = Registry("parallel strategy")
+PLACEMENTS: Registry = Registry("placement")
 StepFactory = Callable[[str | None], Callable]  # axis_name -> step body.
 
 
-class Jit:
-  """One program over the mesh: global arrays, NamedShardings, donation."""
+class Placement:
+  """The interface: state layout, step compilation, batch and metric
+  transfers, on one mesh."""
 
   def __init__(self, mesh: Mesh, fsdp_min_size: int = 2**14):
     self.mesh, self.fsdp_min_size = mesh, fsdp_min_size
 
   def state_shardings(self, abstract_state):
-    return sharding.state_shardings(abstract_state, self.mesh,
-                                    self.fsdp_min_size)
+    """NamedShardings of the canonical (global-array) state."""
+    raise NotImplementedError
 
   def init(self, init_fn: Callable, rng: jax.Array):
-    """Creates the state directly in its sharded layout."""
+    """Creates the state directly in its canonical layout."""
     shardings = self.state_shardings(jax.eval_shape(init_fn, rng))
     return jax.jit(init_fn, out_shardings=shardings)(rng)
+
+  def compile(self, make_step: StepFactory, state) -> Callable:
+    """`make_step(axis_name)`, compiled with the state donated."""
+    raise NotImplementedError
+
+  def to_device(self, state):
+    """Canonical state -> the compiled step's layout."""
+    return state
+
+  def from_device(self, state):
+    """The compiled step's layout -> canonical state."""
+    return state
+
+  def put_batch(self, batch):
+    """Host batch dict -> the compiled step's batch. Packed: one buffer per
+    dtype (`mtkd.train.packing`), unpacked inside the step."""
+    raise NotImplementedError
+
+  def metrics_to_host(self, metrics):
+    return jax.device_get(metrics)
+
+
+class Jit(Placement):
+  """One program over the mesh: global arrays, NamedShardings, donation."""
+
+  def state_shardings(self, abstract_state):
+    return sharding.state_shardings(abstract_state, self.mesh,
+                                    self.fsdp_min_size)
 
   def compile(self, make_step: StepFactory, state) -> Callable:
     state_sh = jax.tree.map(lambda x: x.sharding, state)
@@ -45,31 +76,20 @@ class Jit:
                                  rep),
                    out_shardings=(state_sh, rep), donate_argnums=(0,))
 
-  def to_device(self, state):
-    return state
-
-  def from_device(self, state):
-    return state
-
   def put_batch(self, batch):
-    """Host batch dict -> the step's device batch (packed: fewer, larger
-    transfers; the compiled step unpacks)."""
     return sharding.put_batch(
         packing.pack(sharding.device_part(batch)), self.mesh)
 
-  def metrics_to_host(self, metrics):
-    return jax.device_get(metrics)
 
-
-class Pmap(Jit):
+class Pmap(Placement):
   """`jax.pmap` over the mesh's devices: replicated state, per-device batch
   slices, sums over the `data` axis inside the step."""
 
   def __init__(self, mesh: Mesh, fsdp_min_size: int = 2**14):
     if mesh.axis_names != (sharding.DATA,):
       raise UserError(
-          f"parallel.strategy='pmap' supports only a ('data', n) mesh, got "
-          f"axes {mesh.axis_names}. Fix: use strategy 'jit' for fsdp.")
+          f"parallel.placement='pmap' supports only a ('data', n) mesh, got "
+          f"axes {mesh.axis_names}. Fix: use placement 'jit' for fsdp.")
     super().__init__(mesh, fsdp_min_size)
     # pmap maps over all global devices (the same list on every process);
     # each process feeds a leading axis of its local device count.
@@ -114,10 +134,10 @@ def _unpacking(step: Callable) -> Callable:
   return unpacked_step
 
 
-STRATEGIES.register("jit")(Jit)
-STRATEGIES.register("pmap")(Pmap)
+PLACEMENTS.register("jit")(Jit)
+PLACEMENTS.register("pmap")(Pmap)
 
 
-def make(cfg, mesh: Mesh) -> Jit:
-  """The strategy named by `config.parallel.strategy`."""
-  return STRATEGIES.get(cfg.strategy)(mesh, cfg.get("fsdp_min_size", 2**14))
+def make(cfg, mesh: Mesh) -> Placement:
+  """The placement named by `config.parallel.placement`."""
+  return PLACEMENTS.get(cfg.placement)(mesh, cfg.get("fsdp_min_size", 2**14))

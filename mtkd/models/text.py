@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtkd.models import TRUNKS
+from mtkd.models.base import TRUNKS
 
 PAD, UNK = 0, 1
 
@@ -54,7 +54,7 @@ class TextCNN(nn.Module):
   width: int = 3
   hidden: int = 128
   dropout: float = 0.0
-  dtype: str = "float32"  # Compute dtype (models.py's docstring).
+  dtype: str = "float32"  # Compute dtype (see `mtkd.models.base`).
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False):
@@ -76,7 +76,7 @@ class BagOfEmbeddings(nn.Module):
   embed_dim: int = 64
   hidden: int = 128
   dropout: float = 0.0
-  dtype: str = "float32"  # Compute dtype (models.py's docstring).
+  dtype: str = "float32"  # Compute dtype (see `mtkd.models.base`).
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False):

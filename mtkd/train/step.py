@@ -3,8 +3,8 @@
 `train_step(state, batch, rng) -> (state, metrics)` has no side effects; its
 randomness is `fold_in(rng, state.step)`, so a step is a function of its
 inputs alone and resuming at step s replays the same randomness.
-`mtkd.parallel` is the one place where jit/pmap, shardings and buffer
-donation are declared.
+`mtkd.train.placement` is the one place where jit/pmap, shardings and
+buffer donation are declared.
 """
 
 import functools
@@ -17,10 +17,11 @@ import optax
 from flax import struct
 from jax import lax
 
+from mtkd.methods import weighting as weighting_lib
+from mtkd.methods.objectives import Context, Objective, TaskSpec, term_means
+from mtkd.methods.weighting import Weighting
 from mtkd.models import flatten
-from mtkd.objectives import Context, Objective, TaskSpec, term_means
 from mtkd.registry import Registry
-from mtkd.weighting import WEIGHTINGS, Weighting
 
 OPTIMIZERS: Registry = Registry("optimizer")
 OPTIMIZERS.register("adam")(optax.adam)
@@ -57,7 +58,7 @@ def make_optimizer(cfg, frozen: Callable | None = None
 def make_init(net: nn.Module, tx: optax.GradientTransformation,
               input_shape: tuple[int, ...],
               extra: Callable[[dict], dict] | None = None) -> Callable:
-  """`rng -> TrainState` at step 0 (jitted by the parallel strategy).
+  """`rng -> TrainState` at step 0 (jitted by the placement).
 
   `extra(params) -> dict` builds the state's non-gradient part."""
   def init(rng: jax.Array) -> TrainState:
@@ -65,6 +66,28 @@ def make_init(net: nn.Module, tx: optax.GradientTransformation,
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
                       extra(params) if extra else {})
   return init
+
+
+def _apply(tx: optax.GradientTransformation, state: TrainState,
+           loss: jax.Array, grads, wstate) -> tuple[TrainState, dict]:
+  """The optimizer update, or no update at all when the loss or gradients
+  are not finite (the loop then stops or goes on by config.nonfinite), so
+  checkpoints never hold NaNs. Returns the new state and step metrics."""
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  params, opt_state, wstate = jax.tree.map(
+      lambda new, old: jnp.where(finite, new, old),
+      (params, opt_state, wstate),
+      (state.params, state.opt_state, state.extra.get("weighting", {})))
+  extra = dict(state.extra)
+  if "weighting" in extra:
+    extra["weighting"] = wstate
+  one = jnp.ones((), jnp.float32)
+  return TrainState(state.step + 1, params, opt_state, extra), {
+      "loss": (loss, one), "grad_norm": (grad_norm, one),
+      "nonfinite": (1.0 - finite.astype(jnp.float32), one)}
 
 
 def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
@@ -89,8 +112,8 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
   """
   names = objective.term_names(tasks)
   if weighting is None:
-    weighting = WEIGHTINGS.get("fixed")({"weights": {
-        t.name: t.weight for t in tasks}}, names, None, None)
+    weighting = weighting_lib.make("fixed", None, names,
+                                   weights={t.name: t.weight for t in tasks})
 
   def train_step(state: TrainState, batch, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
@@ -116,24 +139,8 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
         weight_rng, axis_name)
     if axis_name is not None:
       metrics = lax.psum(metrics, axis_name)
-    grad_norm = optax.tree.norm(grads)
-    # A non-finite loss or gradient leaves params and optimizer state as they
-    # were; the loop stops or goes on by config.nonfinite.
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    params, opt_state, wstate = jax.tree.map(
-        lambda new, old: jnp.where(finite, new, old),
-        (params, opt_state, wstate),
-        (state.params, state.opt_state, state.extra.get("weighting", {})))
-    one = jnp.ones((), jnp.float32)
-    metrics = dict(metrics, **wmetrics, loss=(loss, one),
-                   grad_norm=(grad_norm, one),
-                   nonfinite=(1.0 - finite.astype(jnp.float32), one))
-    extra = dict(state.extra)
-    if "weighting" in extra:
-      extra["weighting"] = wstate
-    return TrainState(state.step + 1, params, opt_state, extra), metrics
+    state, step_metrics = _apply(tx, state, loss, grads, wstate)
+    return state, dict(metrics, **wmetrics, **step_metrics)
 
   return train_step
 

@@ -1,7 +1,7 @@
 """Puts upcoming batches on device in a background thread.
 
 `prefetch_to_device(batches, put_fn, size)` runs `put_fn` (e.g.
-`strategy.put_batch`: `jax.device_put` or `make_array_from_process_local_data`)
+`placement.put_batch`: `jax.device_put` or `make_array_from_process_local_data`)
 on the next `size` host batches while the caller's step runs, so a step
 starts on a batch that is already placed. Measured on the 2-core CPU
 machine (experiments/README.md), it removed the loop's waiting for input but
@@ -132,7 +132,7 @@ def prefetch_to_device(iterator: Iterable[T], put_fn: Callable[[T], U],
   """`put_fn` applied to the batches of `iterator` in a background thread,
   up to `size` batches ahead of the consumer; see the module docstring.
 
-  Use as `with prefetch_to_device(batches, strategy.put_batch) as it:` (or
+  Use as `with prefetch_to_device(batches, placement.put_batch) as it:` (or
   call `close()`) when the loop may stop early.
   """
   return DevicePrefetcher(iterator, put_fn, size)

@@ -87,16 +87,6 @@ def state_shardings(abstract_state, mesh: Mesh, min_size: int):
       abstract_state)
 
 
-def process_rows(n: int) -> slice:
-  """This process's contiguous share of a global batch of `n` rows."""
-  count, index = jax.process_count(), jax.process_index()
-  if n % count:
-    raise UserError(f"A batch of {n} rows cannot be split evenly over "
-                    f"{count} processes; use a multiple of {count}.")
-  per = n // count
-  return slice(index * per, (index + 1) * per)
-
-
 HOST_KEYS = ("ids",)  # Batch entries the host keeps (joins, bookkeeping).
 
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtkd import losses
+from mtkd.methods import losses
 from mtkd.registry import Registry
 
 KINDS: Registry = Registry("task kind")
@@ -156,6 +156,9 @@ KINDS.register("regression")(Kind(
     score=lambda p, y: -losses.squared_error(p, y), score_name="neg_mse",
     evaluate=_eval_regression, agreement=_agree_regression,
     higher_is_better=False, main="mse"))
+
+
+KIND_NAMES = tuple(KINDS.names())
 
 
 def kind(spec_or_name) -> Kind:

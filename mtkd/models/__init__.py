@@ -1,0 +1,21 @@
+"""Models: registered trunks, per-task heads, parameter masks, transplants.
+
+`base` holds the contract every trunk keeps (`(features, blocks)`, heads
+named `head_<task>`), the `TRUNKS` registry and `build`. Each family lives
+in its own module and registers its trunks on import; this `__init__`
+imports them all, so `models.build(cfg, ...)` knows every name.
+
+May import: the top-level base modules (`errors`, `registry`) only.
+"""
+
+from mtkd.models import cnn, mlp, text  # noqa: F401  (registers the trunks)
+from mtkd.models.base import (
+  TRUNKS,
+  MultiHead,
+  Net,
+  build,
+  feature_dims,
+  flatten,
+)
+
+__all__ = ["TRUNKS", "MultiHead", "Net", "build", "feature_dims", "flatten"]

@@ -1,0 +1,124 @@
+"""What every stage shares (`Run`) and what a stage is (`Stage`).
+
+A stage is one unit of the pipeline: the transfer source, one teacher, one
+teacher's caches, the baseline, a student stage. Each declares the folders
+it writes (from `mtkd.store.layout`, the one place that spells paths), the
+result-affecting settings it reads (stored with its checkpoints or cache
+metadata, so a changed setting refuses a resume instead of mixing
+results), and `run`, which runs the stage, resumes it from its last
+checkpoint or shard, or skips it when its output is complete.
+"""
+
+import abc
+import dataclasses
+import functools
+import os
+import time
+from typing import Any
+
+import jax
+from jax.sharding import Mesh
+
+from mtkd.data.datasets import Dataset, Split
+from mtkd.errors import UserError
+from mtkd.methods.tasks import TaskSpec
+from mtkd.store.layout import Layout
+from mtkd.train import loop
+from mtkd.train.placement import Placement
+from mtkd.train.predict import predict
+
+
+@dataclasses.dataclass
+class Run:
+  """What every stage of one run shares: the config, where things live, the
+  devices, the data and the tasks. `common` holds the settings every
+  stage's fingerprint includes (dataset and its content hash, seed)."""
+  config: Any
+  layout: Layout
+  mesh: Mesh
+  placement: Placement
+  ds: Dataset
+  specs: tuple[TaskSpec, ...]
+  allow_config_change: bool = False
+
+  @functools.cached_property
+  def common(self) -> dict:
+    return {"dataset": self.config.data.name,
+            "dataset_fingerprint": self.ds.train.fingerprint(),
+            "seed": self.config.seed}
+
+  def fit(self, name: str, directory: str, **job) -> Any:
+    """Trains (resumes, restores) one model with the run's loop settings;
+    `job` holds the `loop.TrainJob` fields that differ between stages."""
+    c = self.config
+    job.setdefault("seed", c.seed)
+    return loop.fit(loop.TrainJob(
+        name=name, directory=directory, input_shape=self.ds.input_shape,
+        log_every=c.log_every, checkpoint_every=c.checkpoint_every,
+        nonfinite=c.nonfinite, prefetch=c.get("prefetch_to_device", 0),
+        allow_config_change=self.allow_config_change, **job), self.placement)
+
+  def predict(self, model, params, split: Split, layers=()) -> dict:
+    return predict(model, params, split, self.config.eval_batch_size,
+                   self.mesh, layers)
+
+
+class Stage(abc.ABC):
+  """One unit of the pipeline; see the module docstring."""
+  name: str
+
+  @abc.abstractmethod
+  def reads(self, r: Run) -> list[str]:
+    """The folders of other stages whose output this stage uses."""
+
+  @abc.abstractmethod
+  def writes(self, r: Run) -> list[str]:
+    """The folders this stage owns."""
+
+  @abc.abstractmethod
+  def settings(self, r: Run) -> dict:
+    """Its result-affecting settings (what a resume must agree on)."""
+
+  @abc.abstractmethod
+  def run(self, r: Run) -> Any:
+    """Runs, resumes or skips the stage; returns its output."""
+
+
+def execute(stage: Stage, r: Run) -> Any:
+  """`stage.run(r)`, once what it reads exists (the driver's order
+  guarantees that; a miss is a bug in the order, not a user error)."""
+  missing = [p for p in stage.reads(r) if not os.path.isdir(p)]
+  if missing:
+    raise RuntimeError(f"Stage {stage.name!r} reads {missing}, which no "
+                       "earlier stage wrote.")
+  return stage.run(r)
+
+
+def timed(timings: dict, name: str, stage: Stage, r: Run) -> Any:
+  """`execute(stage, r)`, its wall time recorded in `timings[name]`."""
+  t0 = time.perf_counter()
+  out = execute(stage, r)
+  timings[name] = time.perf_counter() - t0
+  return out
+
+
+def check_workdir(workdir: str) -> None:
+  """Creates the workdir, or explains why it cannot."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"Cannot create the workdir {workdir!r}: {e.strerror}. "
+                    "Fix: choose a writable --workdir.") from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise UserError(f"The workdir {workdir!r} is not writable. Fix: choose a "
+                    "writable --workdir or fix its permissions.")
+
+
+def describe(r: Run) -> str:
+  """One line about the data and the devices, printed at start-up."""
+  c, ds = r.config, r.ds
+  return (f"Data: {c.data.name}, {len(ds.train)} train / {len(ds.test)} "
+          f"test examples, input {ds.input_shape}, tasks "
+          f"{dict(ds.num_classes)}; {jax.device_count()} device(s) in "
+          f"{jax.process_count()} process(es), mesh {dict(r.mesh.shape)}, "
+          f"{c.parallel.placement}.")

@@ -1,0 +1,86 @@
+"""The caching stage: a teacher runs once over train and test, and its raw
+outputs are stored by example id (`mtkd.store.cache`).
+
+A cache's metadata records the teacher's parameter fingerprint, the split's
+content fingerprint, the cached feature layer and the storage mode
+(`config.cache.dtype`, `config.cache.top_k`); opening checks them all, and
+the folder name carries the layer and storage mode (`mtkd.store.layout`),
+so a changed storage setting builds a new cache beside the old one.
+"""
+
+import jax
+
+from mtkd import distributed
+from mtkd.data.datasets import Dataset
+from mtkd.stages.base import Run, Stage
+from mtkd.stages.teachers import Member
+from mtkd.store import cache
+from mtkd.store.fingerprint import tree_fingerprint
+from mtkd.store.layout import CacheKey
+
+SPLITS = ("train", "test")
+
+
+def storage(config, member: Member, ds: Dataset) -> dict:
+  """The member's storage mode: `config.cache.top_k` applies to its
+  classification logits only (a top-k sigmoid or regression output has no
+  meaning); a member without them is stored dense."""
+  names = [t for t in member.tasks if ds.kind(t) == "classification"]
+  top_k = config.cache.top_k if names else 0
+  return cache.storage_meta(config.cache.dtype, top_k, names)
+
+
+def cache_key(config, member: Member, ds: Dataset, split: str,
+              layer: str = "") -> CacheKey:
+  """Where the member's cache of `split` lives (`mtkd.store.layout`)."""
+  s = storage(config, member, ds)
+  return CacheKey(member.name, split, layer, s["dtype"], s["top_k"])
+
+
+class CacheStage(Stage):
+  """Builds (or finishes, or opens) one teacher's caches of both splits."""
+
+  def __init__(self, member: Member, model, params, layer: str = ""):
+    self.member, self.model, self.params = member, model, params
+    self.layers = (layer,) if layer else ()
+    self.name = f"cache/{member.name}"
+    self.fingerprint = tree_fingerprint(params)
+
+  def keys(self, r: Run) -> dict[str, CacheKey]:
+    layer = self.layers[0] if self.layers else ""
+    return {split: cache_key(r.config, self.member, r.ds, split, layer)
+            for split in SPLITS}
+
+  def reads(self, r: Run) -> list[str]:
+    return [r.layout.teacher(self.member.name)]
+
+  def writes(self, r: Run) -> list[str]:
+    return [r.layout.cache(k) for k in self.keys(r).values()]
+
+  def settings(self, r: Run, split: str = "train") -> dict:
+    """The metadata a cache must carry to be used (checked on opening)."""
+    return {"teacher": self.member.name,
+            "teacher_fingerprint": self.fingerprint,
+            "split": split, "features": list(self.layers),
+            "dataset_fingerprint": getattr(r.ds, split).fingerprint(),
+            **storage(r.config, self.member, r.ds)}
+
+  def run(self, r: Run) -> dict[str, cache.LogitCache]:
+    out = {}
+    for split_name, key in self.keys(r).items():
+      split = getattr(r.ds, split_name)
+      directory = r.layout.cache(key)
+      expected = self.settings(r, split_name)
+      if cache.read_metadata(directory) is None:
+        def predict(start, stop, split=split):
+          part = split.take(slice(start, stop))
+          return part.ids, r.predict(self.model, self.params, part,
+                                     self.layers)
+        s = storage(r.config, self.member, r.ds)
+        cache.build(directory, len(split), r.config.cache.shard_size,
+                    predict, expected, s["dtype"],
+                    jax.process_index(), jax.process_count(),
+                    distributed.barrier, top_k=s["top_k"],
+                    top_k_names=s["top_k_names"])
+      out[split_name] = cache.LogitCache(directory, expected)
+    return out

@@ -1,0 +1,163 @@
+"""The run's plan, checked before any compute: tasks, student stages, and
+every setting a stage will read.
+
+`check_config` builds every plug-in a run names (objectives, weighting,
+models, optimizers, placement, cache storage) from its own settings block,
+so a bad value fails here, before the teachers train, with a message
+naming the key.
+"""
+
+import numpy as np
+
+from mtkd import configs_util
+from mtkd.data.datasets import Dataset
+from mtkd.errors import UserError
+from mtkd.methods import objectives, tasks, weighting
+from mtkd.methods.tasks import TaskSpec
+from mtkd.models import TRUNKS
+from mtkd.stages import teachers
+from mtkd.store import cache
+from mtkd.train import sharding
+from mtkd.train.step import OPTIMIZERS
+
+STAGE_DEFAULTS = dict(objective="distill", steps=-1, data="all", init="",
+                      init_parts="trunk", freeze="", teacher_mode="cached")
+CHOICES = {"data": ("all", "labelled"), "init_parts": ("trunk", "model"),
+           "freeze": ("", "trunk"), "teacher_mode": ("cached", "online")}
+BASELINE = "baseline"
+
+
+def task_specs(config, ds: Dataset) -> tuple[TaskSpec, ...]:
+  """Per-task kind, weight, temperature and alpha: `config.distill`'s
+  defaults, overridden per task by `config.tasks`."""
+  d = config.distill
+  specs = []
+  for t in ds.tasks:
+    o = config.tasks.get(t, {}) if config.get("tasks") else {}
+    specs.append(TaskSpec(t, ds.num_classes[t],
+                          weight=float(o.get("weight", 1.0)),
+                          temperature=float(o.get("temperature", d.temperature)),
+                          alpha=float(o.get("alpha", d.alpha)),
+                          kind=ds.kind(t)))
+  return tuple(specs)
+
+
+def student_stages(config) -> dict[str, dict]:
+  """`config.student.stages` with defaults filled in, in order."""
+  stages = configs_util.to_dict(config.student.get("stages") or {}) or {
+      "student": {}}
+  out = {}
+  for name, s in stages.items():
+    unknown = sorted(set(s) - set(STAGE_DEFAULTS))
+    if unknown:
+      raise UserError(f"config.student.stages.{name} has unknown key(s) "
+                      f"{unknown}; known: {sorted(STAGE_DEFAULTS)}.")
+    s = dict(STAGE_DEFAULTS, **s)
+    if s["steps"] == -1:
+      s["steps"] = config.student.steps
+    out[name] = s
+  return out
+
+
+def stage_plan(config) -> dict[str, dict]:
+  """The baseline (labels only, the student stages' total steps; unless
+  `config.baseline=False`), then the student stages, in order."""
+  stages = student_stages(config)
+  total = sum(s["steps"] for s in stages.values())
+  plan = {BASELINE: dict(STAGE_DEFAULTS, objective="supervised", steps=total,
+                         data="labelled")} if config.baseline else {}
+  plan.update(stages)
+  return plan
+
+
+def check_config(config, ds: Dataset, mesh) -> tuple[TaskSpec, ...]:
+  """Validates every result-affecting setting; returns the task specs."""
+  specs = _check_tasks(config, ds)
+  teachers.members(config, ds.tasks)
+  for part in ("teacher", "student"):
+    c = config[part]
+    TRUNKS.get(c.model.name)  # Unknown names fail here, not mid-run.
+    OPTIMIZERS.get(c.optimizer.name)
+    sharding.check_batch_size(c.batch_size, mesh, f"config.{part}.batch_size")
+    if c.steps <= 0:
+      raise UserError(f"config.{part}.steps is {c.steps}; it must be > 0.")
+  weighting.build(config, [s.name for s in specs],
+                  weights={s.name: s.weight for s in specs})
+  _check_stages(config, specs)
+  feature_layer(config)
+  if config.teacher.get("init", "") not in ("", "source"):
+    raise UserError(f"config.teacher.init is {config.teacher.init!r}; use '' "
+                    "or 'source'.")
+  sharding.check_batch_size(config.eval_batch_size, mesh,
+                            "config.eval_batch_size")
+  if config.nonfinite not in ("stop", "skip"):
+    raise UserError(f"config.nonfinite is {config.nonfinite!r}; use 'stop' or "
+                    "'skip'.")
+  cache.storage_meta(config.cache.dtype, config.cache.top_k, ["logits"])
+  n = config.data.num_labeled
+  if n == 0 or n < -1:
+    raise UserError(f"config.data.num_labeled is {n}; use a positive count, "
+                    "or -1 for all labels.")
+  if n > len(ds.train):
+    raise UserError(f"config.data.num_labeled={n} exceeds the {len(ds.train)} "
+                    "training examples; use -1 for all labels.")
+  return specs
+
+
+def _check_tasks(config, ds: Dataset) -> tuple[TaskSpec, ...]:
+  unknown = sorted(set(config.get("tasks") or {}) - set(ds.tasks))
+  if unknown:
+    raise UserError(f"config.tasks names {unknown}, which the dataset "
+                    f"{config.data.name!r} does not have (its tasks: "
+                    f"{list(ds.tasks)}).")
+  specs = task_specs(config, ds)
+  for s in specs:
+    labelled = np.asarray(tasks.kind(s).labelled(ds.test.labels[s.name]))
+    if not labelled.any():
+      raise UserError(
+          f"Task {s.name!r} has no labelled example in the test split of "
+          f"{config.data.name!r} ({len(ds.test)} rows), so its metrics "
+          "cannot be measured. Fix: use a test split with labels for every "
+          "task, or drop the task from the dataset.")
+    if not s.temperature > 0:
+      raise UserError(f"Temperature for task {s.name!r} is {s.temperature}; "
+                      "it must be > 0 (typical: 1 to 20).")
+    if not 0 <= s.alpha <= 1:
+      raise UserError(f"alpha for task {s.name!r} is {s.alpha}; it must lie "
+                      "in [0, 1] (weight of the KD term vs. the label CE).")
+    if not s.weight >= 0:
+      raise UserError(f"Weight for task {s.name!r} is {s.weight}; it must be "
+                      ">= 0.")
+  return specs
+
+
+def _check_stages(config, specs: tuple[TaskSpec, ...]) -> None:
+  stages = student_stages(config)
+  for name, s in stages.items():
+    where = f"config.student.stages.{name}"
+    objectives.build(s["objective"], config).check_tasks(specs, where)
+    if s["steps"] <= 0:
+      raise UserError(f"{where}.steps is {s['steps']}; it must be > 0.")
+    for key, allowed in CHOICES.items():
+      if s[key] not in allowed:
+        raise UserError(f"{where}.{key} is {s[key]!r}; use one of "
+                        f"{list(allowed)}.")
+    earlier = list(stages)[:list(stages).index(name)]
+    if s["init"] not in ("", "source", *earlier):
+      raise UserError(f"{where}.init is {s['init']!r}; use '' (fresh), "
+                      f"'source', or an earlier stage ({earlier}).")
+    if s["init"] == "source" and config.source.steps <= 0:
+      raise UserError(f"{where}.init='source' needs a source model: set "
+                      "config.source.steps > 0 and config.source.data.")
+
+
+def feature_layer(config) -> str:
+  """The teacher layer the run caches ('' if no stage reads features);
+  one per run, since a teacher's cache holds one feature layer."""
+  layers = {objectives.build(s["objective"], config).needs.teacher_layer
+            for s in student_stages(config).values()} - {""}
+  if len(layers) > 1:
+    raise UserError(f"The student stages read different teacher feature "
+                    f"layers {sorted(layers)}; a run caches one. Fix: give "
+                    "every feature objective the same teacher_layer.")
+  return layers.pop() if layers else ""

@@ -1,0 +1,56 @@
+"""The transfer source stage: a model trained on a source dataset, whose
+trunk can initialise teachers (transfer KD) or student stages (transfer
+learning). Runs when `config.source.steps > 0`."""
+
+import functools
+
+from mtkd import configs_util, models
+from mtkd.data import datasets, streams
+from mtkd.errors import UserError
+from mtkd.methods.objectives import OBJECTIVES
+from mtkd.methods.tasks import TaskSpec
+from mtkd.stages.base import Run, Stage
+from mtkd.store.layout import SOURCE
+from mtkd.train.step import make_optimizer
+
+
+class SourceStage(Stage):
+  """Trains (resumes, restores) the source model on all source labels."""
+  name = SOURCE
+
+  def __init__(self, config):
+    self.config = config.source
+
+  @functools.cached_property
+  def data(self) -> datasets.Dataset:
+    return datasets.build(self.config.data)
+
+  def reads(self, r: Run) -> list[str]:
+    return []  # Its data comes from config.source.data.
+
+  def writes(self, r: Run) -> list[str]:
+    return [r.layout.stage(SOURCE)]
+
+  def settings(self, r: Run) -> dict:
+    return {"source": configs_util.to_dict(self.config),
+            "seed": r.config.seed,
+            "dataset_fingerprint": self.data.train.fingerprint()}
+
+  def run(self, r: Run):
+    """Returns the source model's exported parameters."""
+    c, src = self.config, self.data
+    if src.input_shape != r.ds.input_shape:
+      raise UserError(f"config.source.data gives inputs {src.input_shape} "
+                      f"but the target data {r.ds.input_shape}; a "
+                      "transferred trunk needs the same input shape.")
+    specs = tuple(TaskSpec(t, src.num_classes[t], kind=src.kind(t))
+                  for t in src.tasks)
+    state = r.fit(
+        SOURCE, self.writes(r)[0],
+        net=models.Net(models.build(c.model, src.num_classes)),
+        tx=make_optimizer(c.optimizer), objective=OBJECTIVES.get(
+            "supervised")(), tasks=specs,
+        stream=streams.train_stream(src.train, src.train.labels,
+                                    c.batch_size, r.config.seed),
+        num_steps=c.steps, batch_size=c.batch_size, config=self.settings(r))
+    return state.params["model"]

@@ -1,0 +1,179 @@
+"""Student stages (and the labels-only baseline): one model trained by the
+objective its plan names, against cached or online teachers.
+
+A stage's plan (`mtkd.stages.plan.STAGE_DEFAULTS`) names its objective,
+data (`all`: with the unlabelled transfer set; `labelled`), initialisation
+(fresh, `source`, or an earlier stage), what it freezes, and where teacher
+outputs come from. What the stage wires up follows from the objective's
+declared `Needs`: a cache join or online teachers, feature adaptors, peers.
+
+Fairness: the baseline and the first student stage share the architecture,
+optimiser, seed (hence initial parameters), batch size and label budget; the
+baseline's step count is the sum of the student stages' steps.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from mtkd import configs_util, models
+from mtkd.data import augment, datasets, streams
+from mtkd.methods import objectives, weighting
+from mtkd.models.masks import last_trunk_layer_mask, transplant, trunk_mask
+from mtkd.stages import caching
+from mtkd.stages.base import Run, Stage
+from mtkd.stages.teachers import Teachers
+from mtkd.store.fingerprint import tree_fingerprint
+from mtkd.train.step import make_optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentData:
+  """The labels students may see (the rest marked missing) and the rows
+  each `data` choice samples (`None`: the whole split)."""
+  labels: dict[str, np.ndarray]
+  rows: dict[str, np.ndarray | None]
+
+  @classmethod
+  def of(cls, config, r: Run) -> "StudentData":
+    ds = r.ds
+    keep = datasets.label_budget(len(ds.train), config.data.num_labeled,
+                                 config.data.label_seed)
+    labels = {s.name: _hide_labels(ds.train.labels[s.name], keep, s.kind)
+              for s in r.specs}
+    labelled = np.flatnonzero(keep)
+    return cls(labels, {"labelled": labelled,
+                        "all": None if config.data.transfer_set else labelled})
+
+
+def _hide_labels(y: np.ndarray, keep: np.ndarray, kind: str) -> np.ndarray:
+  if kind == "regression":
+    return np.where(keep[:, None], y, np.nan).astype(np.float32)
+  k = keep if y.ndim == 1 else keep[:, None]
+  return np.where(k, y, -1).astype(np.int32)
+
+
+class StudentStage(Stage):
+  """One student (or baseline) stage; `init_from` is the exported params
+  its plan initialises from (the source's or an earlier stage's)."""
+
+  def __init__(self, r: Run, name: str, plan: dict, model: models.MultiHead,
+               teachers: Teachers, data: StudentData, init_from=None):
+    self.name, self.plan, self.teachers, self.data = name, plan, teachers, data
+    self.init_from = init_from
+    objective = objectives.build(plan["objective"], r.config)
+    self.needs = objective.needs
+    self.adaptors = self._adaptors(r, teachers)
+    self.objective = objective.with_feature_targets(
+        tuple(a for a, _ in self.adaptors))
+    self.net = models.Net(
+        model, feature_layer=self.needs.student_layer if self.adaptors else "",
+        adaptors=self.adaptors, peers=self.needs.peers)
+    self.online = self.needs.teachers and plan["teacher_mode"] == "online"
+    names = self.objective.term_names(r.specs)
+    self.weights = {s.name: s.weight for s in r.specs}
+    self.weights.update(self.objective.term_weights())
+    self.weighting = weighting.build(r.config, names, trunk_mask,
+                                     last_trunk_layer_mask, self.weights)
+
+  def _adaptors(self, r: Run, t: Teachers) -> tuple[tuple[str, int], ...]:
+    """(target, dim) per adaptor: one per teacher group, or one fused."""
+    if not self.needs.teacher_layer:
+      return ()
+    dims = {g: models.feature_dims(t.nets[n], r.ds.input_shape,
+                                   self.needs.teacher_layer)
+            for g, n in t.feature_groups.items()}
+    if self.needs.fuse_teachers:
+      return (("fused", sum(dims.values())),)
+    return tuple(sorted(dims.items()))
+
+  def reads(self, r: Run) -> list[str]:
+    """The training caches it joins, or the teachers it runs online, and
+    the stage it starts from."""
+    t, out = self.teachers, []
+    if self.online:
+      out += [r.layout.teacher(m.name) for m in t.members]
+    elif self.needs.teachers:
+      sources = set(t.feature_groups.values())
+      out += [r.layout.cache(caching.cache_key(
+          r.config, m, r.ds, "train", t.layer if m.name in sources else ""))
+              for m in t.members]
+    init = self.plan["init"]
+    if init:
+      out.append(r.layout.stage(init))
+    return out
+
+  def writes(self, r: Run) -> list[str]:
+    return [r.layout.stage(self.name)]
+
+  def settings(self, r: Run) -> dict:
+    """Only what this stage reads: the other stages' plans, and the tasks'
+    KD temperature and alpha for a stage without teacher logits (the
+    baseline), do not change its result, so changing them must not refuse
+    its checkpoint."""
+    c, needs = r.config, self.needs
+    kd_keys = () if needs.teacher_logits else ("temperature", "alpha")
+    out = dict(
+        r.common, stage=self.plan,
+        student={k: v for k, v in configs_util.to_dict(c.student).items()
+                 if k != "stages"},
+        num_labeled=c.data.num_labeled, label_seed=c.data.label_seed,
+        tasks=[{k: v for k, v in dataclasses.asdict(s).items()
+                if k not in kd_keys} for s in r.specs],
+        weighting={"name": c.weighting.name, "weights": self.weights,
+                   "settings": vars(self.weighting.settings)},
+        augment=configs_util.to_dict(c.student.augment))
+    if needs.teachers:
+      out.update(teachers={n: tree_fingerprint(p)
+                           for n, p in self.teachers.params.items()},
+                 transfer_set=c.data.transfer_set)
+      if needs.teacher_logits:
+        out["distill"] = configs_util.to_dict(c.distill)
+      if not self.online:
+        out["cache"] = {m.name: caching.storage(c, m, r.ds)
+                        for m in self.teachers.members}
+    key = self.objective.settings_key
+    if key:
+      out[key] = configs_util.to_dict(c[key])
+    if self.init_from is not None:
+      out["init_from"] = tree_fingerprint(self.init_from)
+    return out
+
+  def _init(self):
+    if self.init_from is None:
+      return None
+    where = f"config.student.stages.{self.name}"
+    return lambda p: transplant(p, self.init_from, self.plan["init_parts"],
+                                where)
+
+  def run(self, r: Run):
+    """Returns the exported parameters (`params["model"]`)."""
+    c, t, needs = r.config, self.teachers, self.needs
+    join = teacher_fn = None
+    if needs.teachers and not self.online:
+      join = t.join(r.ds.tasks, needs.teacher_logits, bool(self.adaptors))
+    if self.online:
+      teacher_fn = t.online(r.ds.tasks, bool(self.adaptors))
+    teacher_params = t.params if self.online else None
+    wfn = self.weighting
+
+    def extra(params):
+      out = {"weighting": wfn.init(params)}
+      if teacher_params is not None:
+        out["teachers"] = teacher_params
+      return out
+
+    batch = c.student.batch_size
+    frozen = trunk_mask if self.plan["freeze"] == "trunk" else None
+    state = r.fit(
+        self.name, self.writes(r)[0], net=self.net,
+        tx=make_optimizer(c.student.optimizer, frozen),
+        objective=self.objective, tasks=r.specs,
+        stream=streams.train_stream(r.ds.train, self.data.labels, batch,
+                                    c.seed, rows=self.data.rows[
+                                        self.plan["data"]], join=join),
+        num_steps=self.plan["steps"], batch_size=batch,
+        config=self.settings(r), weighting=wfn,
+        augment=augment.make(c.student.get("augment")), teacher=teacher_fn,
+        extra=extra, init_params=self._init())
+    return state.params["model"]

@@ -1,0 +1,66 @@
+"""The teacher stage: one teacher network trained (resumed, restored) on
+every labelled training example of its tasks."""
+
+import dataclasses
+
+from mtkd import configs_util, models
+from mtkd.data import augment, streams
+from mtkd.methods.objectives import OBJECTIVES
+from mtkd.models.masks import transplant
+from mtkd.stages.base import Run, Stage
+from mtkd.stages.teachers import Member
+from mtkd.store.layout import SOURCE
+from mtkd.train.step import make_optimizer
+
+
+class TeacherStage(Stage):
+  """Trains (resumes, restores) one teacher network on every labelled
+  training example of its tasks, with the `supervised` objective. Given
+  `source_params` (`config.teacher.init='source'`), its trunk starts from
+  the source model's."""
+
+  def __init__(self, member: Member, source_params=None):
+    self.member, self.source_params = member, source_params
+    self.name = f"teacher/{member.name}"
+
+  def reads(self, r: Run) -> list[str]:
+    return [r.layout.stage(SOURCE)] if self.source_params is not None else []
+
+  def writes(self, r: Run) -> list[str]:
+    return [r.layout.teacher(self.member.name)]
+
+  def settings(self, r: Run) -> dict:
+    # Not `workdir`: where teachers live does not change them, and runs
+    # that share a teacher directory must agree on everything else.
+    c = configs_util.to_dict(r.config.teacher)
+    m = self.member
+    return dict(r.common, teacher={k: v for k, v in c.items()
+                                   if k != "workdir"},
+                model=m.model_cfg, tasks=list(m.tasks), seed=m.seed,
+                source=self._init() is not None)
+
+  def _init(self):
+    if self.source_params is None:
+      return None
+    return lambda p: transplant(p, self.source_params, "trunk", self.name)
+
+  def model(self, r: Run) -> models.MultiHead:
+    return models.build(self.member.model_cfg,
+                        {t: r.ds.num_classes[t] for t in self.member.tasks})
+
+  def run(self, r: Run):
+    """Returns the exported parameters (`params["model"]`)."""
+    c, m = r.config.teacher, self.member
+    by_name = {s.name: s for s in r.specs}
+    state = r.fit(
+        self.name, self.writes(r)[0], net=models.Net(self.model(r)),
+        tx=make_optimizer(c.optimizer), objective=OBJECTIVES.get(
+            "supervised")(),
+        tasks=tuple(dataclasses.replace(by_name[t], weight=1.0)
+                    for t in m.tasks),
+        stream=streams.train_stream(r.ds.train, r.ds.train.labels,
+                                    c.batch_size, m.seed),
+        num_steps=c.steps, batch_size=c.batch_size,
+        config=self.settings(r), augment=augment.make(c.get("augment")),
+        init_params=self._init(), seed=m.seed)
+    return state.params["model"]
