@@ -33,15 +33,14 @@ Formats:
   arrayrecord_raw    the same with 'group_size:1,uncompressed'
 
 Run (from the repository root):
-  .venv/bin/python experiments/bench_cache_formats.py            # N=60000 C=10
-  .venv/bin/python experiments/bench_cache_formats.py \\
+  .venv/bin/python -m experiments.bench_cache_formats            # N=60000 C=10
+  .venv/bin/python -m experiments.bench_cache_formats \\
       --num_examples=20000 --num_classes=1000                   # many classes
-  .venv/bin/python experiments/bench_cache_formats.py --smoke    # seconds
+  .venv/bin/python -m experiments.bench_cache_formats --smoke    # seconds
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
@@ -51,6 +50,20 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from absl import app, flags, logging
+
+_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 60000, "Examples (N).")
+_NUM_CLASSES = flags.DEFINE_integer("num_classes", 10, "Classes (C).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Batch size (B).")
+_NUM_BATCHES = flags.DEFINE_integer("num_batches", 2000,
+                                    "Batches timed per warm repeat.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Repeats (the best counts).")
+_DIR = flags.DEFINE_string(
+    "dir", None, "Where to write the files (default: system temp dir; use a "
+    "disk-backed one, tmpfs makes 'cold' meaningless).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the logits and batches.")
+_SMOKE = flags.DEFINE_bool(
+    "smoke", False, "Tiny sizes (N=2000, 50 batches); finishes in seconds.")
 
 Handle = Any  # whatever a format's open() returns: an array or a data source
 
@@ -276,42 +289,31 @@ def print_table(results: list[Result], header: str) -> None:
           f"{r.warm_batches_per_s / base:8.2f}")
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(
-      description=__doc__.splitlines()[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--num_examples", type=int, default=60000)
-  p.add_argument("--num_classes", type=int, default=10)
-  p.add_argument("--batch_size", type=int, default=128)
-  p.add_argument("--num_batches", type=int, default=2000)
-  p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--dir", default=None,
-                 help="where to write the files (default: system temp dir; "
-                 "use a disk-backed one, tmpfs makes 'cold' meaningless)")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--smoke", action="store_true",
-                 help="tiny sizes (N=2000, 50 batches); finishes in seconds")
-  a = p.parse_args()
-  if a.smoke:
-    a.num_examples, a.num_batches = 2000, 50
-
-  n, c, b = a.num_examples, a.num_classes, a.batch_size
-  logits = np.random.default_rng(a.seed).normal(size=(n, c))
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # As mtkd.main: no INFO logs.
+  n, num_batches = _NUM_EXAMPLES.value, _NUM_BATCHES.value
+  if _SMOKE.value:
+    n, num_batches = 2000, 50
+  c, b, seed, repeats = (_NUM_CLASSES.value, _BATCH_SIZE.value, _SEED.value,
+                         _REPEATS.value)
+  logits = np.random.default_rng(seed).normal(size=(n, c))
   logits = logits.astype(np.float32)
-  batches = shuffled_epoch_batches(n, b, a.num_batches, a.seed + 1)
+  batches = shuffled_epoch_batches(n, b, num_batches, seed + 1)
   epoch_batches = min(len(batches), math.ceil(n / b))
 
   results = []
-  with tempfile.TemporaryDirectory(dir=a.dir) as workdir:
+  with tempfile.TemporaryDirectory(dir=_DIR.value) as workdir:
     for fmt in all_formats(c):
       results.append(measure(fmt, logits, batches, epoch_batches, workdir,
-                             a.repeats))
+                             repeats))
   print_table(
       results,
       f"N={n} examples, C={c} classes, float32 out [{b}, {c}]; "
-      f"{a.num_batches} shuffled-epoch batches, best of {a.repeats}; "
+      f"{num_batches} shuffled-epoch batches, best of {repeats}; "
       f"cold = first {epoch_batches} batches after page-cache eviction")
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

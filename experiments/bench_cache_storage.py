@@ -2,10 +2,11 @@
 
 The task: 1000 Gaussian classes in 32 dimensions (means ~ N(0, I), noise
 sigma 1.3); the teacher's logits are the exact class posterior
-(x.mu_c - |mu_c|^2/2) / sigma^2, a calibrated teacher with 73 % accuracy,
-mean top-1 probability 0.72, top-5 mass 0.91, top-20 mass 0.97: peaked like a
-trained 1000-class teacher. N examples are cached with `mtkd.cache.build`
-(the real code path: top-k selection, encoding, sha256, fsync) as
+(x.mu_c - |mu_c|^2/2) / sigma^2, a calibrated teacher with 73 percent
+accuracy, mean top-1 probability 0.72, top-5 mass 0.91, top-20 mass 0.97:
+peaked like a trained 1000-class teacher. N examples are cached with
+`mtkd.store.cache.build` (the real code path: top-k selection, encoding,
+sha256, fsync) as
 
   fp32, fp16, bf16     dense [N, 1000]
   top-k (k=5, 20, 100) float32 values + int16 indices + float64 logsumexp;
@@ -23,40 +24,53 @@ and the script reports, per variant:
   top-1 agree    fraction of examples whose argmax is the teacher's
 
 Downstream: a softmax-regression student (32 -> 1000, Adam 1e-2, batch 128,
---train_steps steps in one jitted lax.scan, loss `mtkd.losses.distillation_kl`
-at T, no T^2 factor needed for a single loss) is
-distilled on the N cached examples from the full logits, from each top-k
-reconstruction (mtkd's uniform tail), and from the top-k renormalised with
-no tail (an alternative, not in mtkd), and trained on the hard labels alone
-for reference;
-the table gives test accuracy on 10000 fresh examples (mean over --seeds
-seeds) at T = 1, 2 (the quickstart's) and 4, with the teacher's (Bayes)
-accuracy as the ceiling (labels only: one run, repeated in each column).
+--train_steps steps in one jitted lax.scan, loss
+`mtkd.methods.losses.distillation_kl` at T, no T^2 factor needed for a
+single loss) is distilled on the N cached examples from the full logits,
+from each top-k reconstruction (mtkd's uniform tail), and from the top-k
+renormalised with no tail (an alternative, not in mtkd), and trained on
+the hard labels alone for reference; the table gives test accuracy on
+10000 fresh examples (mean over --seeds seeds) at T = 1, 2 (the
+quickstart's) and 4, with the teacher's (Bayes) accuracy as the ceiling
+(labels only: one run, repeated in each column).
 
 Run (from the repository root; ~2.5 min on 2 cores):
-  .venv/bin/python experiments/bench_cache_storage.py
-  .venv/bin/python experiments/bench_cache_storage.py --quick   # ~20 s
+  .venv/bin/python -m experiments.bench_cache_storage
+  .venv/bin/python -m experiments.bench_cache_storage --quick   # ~20 s
 """
 
-import argparse
 import functools
 import os
 import shutil
-import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app, flags, logging
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine, table  # noqa: E402
-
-from mtkd import losses  # noqa: E402
+from experiments.bench_common import machine, table
+from mtkd.methods import losses
 from mtkd.store import cache
+
+_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 20000,
+                                     "Examples cached (N).")
+_BATCHES = flags.DEFINE_integer("batches", 1000,
+                                "Batches of 128 ids read per repeat.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Read repeats (the best counts).")
+_REPEATS_WRITE = flags.DEFINE_integer("repeats_write", 2,
+                                      "Write repeats (the best counts).")
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 500,
+                                    "Steps of each downstream student.")
+_TRAIN_BATCH = flags.DEFINE_integer("train_batch", 128,
+                                    "Batch of the downstream students.")
+_SEEDS = flags.DEFINE_integer("seeds", 2, "Seeds per downstream student.")
+_DIR = flags.DEFINE_string("dir", None, "Where to write the caches.")
+_QUICK = flags.DEFINE_bool("quick", False, "Small sizes.")
 
 C, DIM, SIGMA = 1000, 32, 1.3
 META = {"teacher": "bayes", "teacher_fingerprint": "synthetic",
@@ -235,25 +249,22 @@ def downstream_table(x, y, stored, means, args) -> str:
       f"teacher (Bayes) test accuracy {100 * teacher_acc:.2f} %")
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--num_examples", type=int, default=20000)
-  p.add_argument("--batches", type=int, default=1000)
-  p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--repeats_write", type=int, default=2)
-  p.add_argument("--train_steps", type=int, default=500)
-  p.add_argument("--train_batch", type=int, default=128)
-  p.add_argument("--seeds", type=int, default=2)
-  p.add_argument("--dir", default=None, help="where to write the caches")
-  p.add_argument("--quick", action="store_true", help="small sizes")
-  a = p.parse_args()
-  if a.quick:
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # As mtkd.main: no INFO logs.
+  a = SimpleNamespace(
+      num_examples=_NUM_EXAMPLES.value, batches=_BATCHES.value,
+      repeats=_REPEATS.value, repeats_write=_REPEATS_WRITE.value,
+      train_steps=_TRAIN_STEPS.value, train_batch=_TRAIN_BATCH.value,
+      seeds=_SEEDS.value)
+  if _QUICK.value:
     a.num_examples, a.batches, a.repeats, a.repeats_write = 5000, 200, 2, 1
     a.train_steps, a.seeds = 200, 1
   print(machine())
   t0 = time.perf_counter()
   x, y, logits, means = make_task(a.num_examples, 0)
-  workdir = tempfile.mkdtemp(dir=a.dir)
+  workdir = tempfile.mkdtemp(dir=_DIR.value)
   try:
     text, stored = storage_table(logits, a, workdir)
   finally:
@@ -267,4 +278,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

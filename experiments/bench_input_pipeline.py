@@ -1,11 +1,11 @@
 """Input pipeline rate vs the jitted step's rate, and the loop's idle time
-with and without `mtkd.prefetch.prefetch_to_device`, side by side.
+with and without `mtkd.train.prefetch.prefetch_to_device`, side by side.
 
 Quickstart shapes: 60000 random 36x36x1 uint8 images, 2 tasks x 10 classes,
 batch 128; the teacher logits come from a real `LogitCache` (float32, 16384
 rows per shard, 4 shards) built in a temp dir and joined by id (the
-experiment's join, `common.make_join`), through `streams.train_stream`.
-The student is the quickstart MLP (experiments/common.py). Rows, each
+experiment's join, `bench_common.make_join`), through `streams.train_stream`.
+The student is the quickstart MLP (experiments/bench_common.py). Rows, each
 timed over --steps batches in the steady state (the first --warmup batches
 are not timed), best (fastest) of --repeats runs that interleave the
 configurations (the minimum is least affected by other jobs):
@@ -41,43 +41,47 @@ queue steps ahead of the device and "idle" is host-side; in the synced
 loops the device idles exactly while the host waits.
 
 Run (from the repository root; ~1.5 min on 2 cores):
-  .venv/bin/python experiments/bench_input_pipeline.py
-  .venv/bin/python experiments/bench_input_pipeline.py --quick
+  .venv/bin/python -m experiments.bench_input_pipeline
+  .venv/bin/python -m experiments.bench_input_pipeline --quick
 """
 
-import argparse
-import os
-import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
+from absl import app, flags, logging
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-
-from mtkd import sharding  # noqa: E402
-from mtkd.data import streams  # noqa: E402
+from experiments import bench_common
+from mtkd.data import streams
 from mtkd.store import cache
-from mtkd.train.loop import accumulate  # noqa: E402
-from mtkd.train.prefetch import prefetch_to_device  # noqa: E402
+from mtkd.train import sharding
+from mtkd.train.loop import accumulate
+from mtkd.train.prefetch import prefetch_to_device
+
+_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 60000, "Examples.")
+_STEPS = flags.DEFINE_integer("steps", 300, "Timed batches per run.")
+_WARMUP = flags.DEFINE_integer("warmup", 20,
+                               "Untimed batches before the timed ones.")
+_REPEATS = flags.DEFINE_integer("repeats", 5,
+                                "Interleaved runs (the fastest counts).")
+_QUICK = flags.DEFINE_bool("quick", False, "Small sizes.")
 
 META = {"teacher": "synthetic", "teacher_fingerprint": "-",
         "dataset_fingerprint": "-", "split": "train"}
 
 
 def build_join(directory: str, n: int):
-  logits = common.synthetic_logits(n)
+  logits = bench_common.synthetic_logits(n)
   cache.build(directory, n, 16384,
               lambda a, b: (np.arange(a, b), {t: x[a:b]
                                               for t, x in logits.items()}),
               META, "float32")
   c = cache.LogitCache(directory, dict(META, **cache.storage_meta()))
-  return common.make_join(c)
+  return bench_common.make_join(c)
 
 
 class Bench:
@@ -186,28 +190,25 @@ class Bench:
         it.close()
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--num_examples", type=int, default=60000)
-  p.add_argument("--steps", type=int, default=300)
-  p.add_argument("--warmup", type=int, default=20)
-  p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--quick", action="store_true", help="small sizes")
-  a = p.parse_args()
-  if a.quick:
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # As mtkd.main: no INFO logs.
+  a = SimpleNamespace(num_examples=_NUM_EXAMPLES.value, steps=_STEPS.value,
+                      warmup=_WARMUP.value, repeats=_REPEATS.value)
+  if _QUICK.value:
     a.num_examples, a.steps, a.repeats = 20000, 100, 1
-  flags.FLAGS.mark_as_parsed()  # Grain reads absl flags.
-  print(common.machine())
-  split = common.synthetic_split(a.num_examples)
-  student = common.make_student()
-  step = common.make_student_step(student, student.fresh_state())
+  print(bench_common.machine())
+  split = bench_common.synthetic_split(a.num_examples)
+  student = bench_common.make_student()
+  step = bench_common.make_student_step(student, student.fresh_state())
   with tempfile.TemporaryDirectory() as d:
     join = build_join(d, a.num_examples)
     ds = streams.train_stream(split, split.labels, 128, 0, join=join)
     bench = Bench(ds, student, step, a.steps, a.warmup)
-    sup = common.make_student(objective="supervised")
+    sup = bench_common.make_student(objective="supervised")
     plain_ds = streams.train_stream(split, split.labels, 128, 0)
-    plain_step = common.make_student_step(sup, sup.fresh_state())
+    plain_step = bench_common.make_student_step(sup, sup.fresh_state())
     jax.block_until_ready(plain_step(sup.fresh_state(), sup.put(plain_ds[0]),
                                      bench.key))
     bench.plain = (plain_ds, plain_step)
@@ -248,7 +249,7 @@ def main() -> None:
     rows.append([name, f"{1e3 * s:.2f}", f"{1e3 * worst:.2f}",
                  f"{1 / s:,.0f}", f"{step_s / s:.2f}",
                  f"{100 * idle:.0f} %" if is_loop else ""])
-  print(common.table(
+  print(bench_common.table(
       ["configuration", "ms/batch", "slowest run", "batches/s",
        "rate / step rate", "idle"], rows,
       f"batch 128, {a.num_examples} examples, 2 tasks x 10 classes, "
@@ -269,8 +270,8 @@ def main() -> None:
         f"rate / plain loop rate: {plain / loop:.2f} (no prefetch), "
         f"{plain_pre / pre:.2f} (prefetch). The pipeline with put delivers "
         f"{step_s / med['iterate() + put_batch'][0]:.1f}x the step's rate.\n"
-        f"{common.machine()}")
+        f"{bench_common.machine()}")
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -11,25 +11,27 @@ measured in bench_input_pipeline.py):
 Targets (issue 7): cached >= 0.95x plain examples/s; online time / cached
 time close to the ideal 1 + teacher_forward / student_step, both measured
 here ("ideal / measured" >= 0.9: the online step's throughput is within
-10 % of what a teacher forward pass added to the cached step would give).
+10 percent of what a teacher forward pass added to the cached step would give).
 Timings interleave the variants (round robin, median of repeats) so a busy
 machine slows them alike. A second table gives XLA's FLOP count per step,
 the rate achieved and, with --peak_tflops, the model FLOPs utilisation.
 
-  .venv/bin/python experiments/bench_kd_step.py [--quick]
+Run (from the repository root):
+  .venv/bin/python -m experiments.bench_kd_step [--quick]
   # GPU (issue 7, pending here): bf16 compute, H100 SXM dense bf16 peak
-  .venv/bin/python experiments/bench_kd_step.py --dtype=bfloat16 \
+  .venv/bin/python -m experiments.bench_kd_step --dtype=bfloat16 \\
       --peak_tflops=989
 """
 
-import argparse
 import statistics
 import time
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import app, flags, logging
 
 from mtkd import models
 from mtkd.methods import objectives
@@ -45,6 +47,13 @@ PAIRS = {  # name: (teacher model, student model)
 }
 TASKS = ("left", "right")
 SHAPE, BATCH = (36, 36, 1), 128
+
+_QUICK = flags.DEFINE_bool("quick", False,
+                           "20 steps x 3 repeats instead of 100 x 5.")
+_DTYPE = flags.DEFINE_string(
+    "dtype", "float32", "Models' compute dtype (bfloat16 on accelerators).")
+_PEAK_TFLOPS = flags.DEFINE_float(
+    "peak_tflops", 0.0, "The device's peak TFLOP/s at --dtype, for MFU.")
 
 
 def _flops(jitted, *args) -> float:
@@ -136,19 +145,16 @@ def bench(pair: str, steps: int, repeats: int, dtype: str
   return {k: statistics.median(v) for k, v in times.items()}, flops
 
 
-def main():
-  p = argparse.ArgumentParser()
-  p.add_argument("--quick", action="store_true")
-  p.add_argument("--dtype", default="float32",
-                 help="models' compute dtype (bfloat16 on accelerators)")
-  p.add_argument("--peak_tflops", type=float, default=0.0,
-                 help="the device's peak TFLOP/s at --dtype, for MFU")
-  a = p.parse_args()
-  steps, repeats = (20, 3) if a.quick else (100, 5)
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # As mtkd.main: no INFO logs.
+  dtype, peak_tflops = _DTYPE.value, _PEAK_TFLOPS.value
+  steps, repeats = (20, 3) if _QUICK.value else (100, 5)
   print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, batch "
-        f"{BATCH}, compute dtype {a.dtype}, {steps} steps x {repeats} "
+        f"{BATCH}, compute dtype {dtype}, {steps} steps x {repeats} "
         "repeats (median), interleaved.\n")
-  results = {pair: bench(pair, steps, repeats, a.dtype) for pair in PAIRS}
+  results = {pair: bench(pair, steps, repeats, dtype) for pair in PAIRS}
   print("| pair | plain ex/s | cached ex/s | online ex/s | cached/plain | "
         "teacher fwd ms | student step ms | online/cached time | ideal | "
         "ideal / measured |")
@@ -161,18 +167,17 @@ def main():
           f"{t['online'] / t['cached']:.3f} | {ideal:.3f} | "
           f"{ideal / (t['online'] / t['cached']):.2f} |", flush=True)
   print("\nXLA's FLOP count per step (cost analysis) and the rate achieved"
-        + (f"; MFU against {a.peak_tflops:g} peak TFLOP/s" if a.peak_tflops
+        + (f"; MFU against {peak_tflops:g} peak TFLOP/s" if peak_tflops
            else "; pass --peak_tflops for MFU") + ":\n")
   print("| pair | variant | GFLOP/step | TFLOP/s | MFU |")
   print("|---|---|---:|---:|---:|")
   for pair, (t, flops) in results.items():
     for name in ("plain", "cached", "online"):
       rate = flops[name] / t[name] / 1e12
-      mfu = f"{100 * rate / a.peak_tflops:.1f} %" if a.peak_tflops else ""
+      mfu = f"{100 * rate / peak_tflops:.1f} %" if peak_tflops else ""
       print(f"| {pair} | {name} | {flops[name] / 1e9:.3f} | {rate:.3f} | "
             f"{mfu} |")
 
 
-
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -3,8 +3,8 @@ time, memory per device, and the loss (same on every mesh).
 
 Each device count runs in its own process with
 XLA_FLAGS=--xla_force_host_platform_device_count=n. The quickstart student
-(experiments/common.py) is jitted by mtkd's `placement.Jit` over a ('data',
-n) mesh with NamedShardings (batch split over devices, large parameters
+(experiments/bench_common.py) is jitted by mtkd's `placement.Jit` over a
+('data', n) mesh with NamedShardings (batch split over devices, large parameters
 FSDP-sharded), global batch 128 (strong scaling). Per device count:
 
   compile s      `step.lower(...).compile()`
@@ -22,16 +22,29 @@ Fake CPU devices share the machine's cores (2 here): this measures the
 overhead of partitioning and checks correctness, not speed-up.
 
 Run (from the repository root; ~1 min):
-  .venv/bin/python experiments/bench_scaling.py
-  .venv/bin/python experiments/bench_scaling.py --quick
+  .venv/bin/python -m experiments.bench_scaling
+  .venv/bin/python -m experiments.bench_scaling --quick
 """
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+
+from absl import app, flags, logging
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_DEVICES = flags.DEFINE_list("devices", ["1", "2", "4", "8"],
+                             "Device counts, one process each.")
+_STEPS = flags.DEFINE_integer("steps", 200, "Timed steps per repeat.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Repeats (the best counts).")
+_QUICK = flags.DEFINE_bool("quick", False, "Small sizes.")
+_WORKER = flags.DEFINE_integer(
+    "worker", 0, "Internal: time this many devices in this process and "
+    "print the result as JSON.")
 
 NOTE = ("Note: fake CPU devices share the same 2 cores, so this is a "
         "correctness/overhead tool, not a speed-up measurement.")
@@ -41,16 +54,15 @@ def worker(n: int, steps: int, repeats: int) -> dict:
   import jax
   import numpy as np
 
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import common
+  from experiments import bench_common
 
   assert jax.device_count() == n, jax.devices()
-  student = common.make_student(devices=jax.devices())
+  student = bench_common.make_student(devices=jax.devices())
   state = student.fresh_state()
-  jitted = common.make_student_step(student, state)
-  split = common.synthetic_split(128)
-  batch = student.put(common.host_batch(split, common.synthetic_logits(128),
-                                        np.arange(128)))
+  jitted = bench_common.make_student_step(student, state)
+  split = bench_common.synthetic_split(128)
+  batch = student.put(bench_common.host_batch(
+      split, bench_common.synthetic_logits(128), np.arange(128)))
   key = jax.random.key(1)
   t0 = time.perf_counter()
   compiled = jitted.lower(state, batch, key).compile()
@@ -77,32 +89,27 @@ def worker(n: int, steps: int, repeats: int) -> dict:
           else mem.temp_size_in_bytes / 2**20, "loss": loss}
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--devices", default="1,2,4,8")
-  p.add_argument("--steps", type=int, default=200)
-  p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--quick", action="store_true", help="small sizes")
-  p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
-  a = p.parse_args()
-  if a.quick:
-    a.steps, a.repeats = 50, 1
-  if a.worker:
-    print(json.dumps(worker(a.worker, a.steps, a.repeats)))
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # As mtkd.main: no INFO logs.
+  steps, repeats = (50, 1) if _QUICK.value else (_STEPS.value,
+                                                 _REPEATS.value)
+  if _WORKER.value:
+    print(json.dumps(worker(_WORKER.value, steps, repeats)))
     return
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import common
-  print(common.machine())
+  from experiments import bench_common
+  print(bench_common.machine())
   print(NOTE)
   rows, base, failed = [], None, False
-  for n in (int(x) for x in a.devices.split(",")):
+  for n in (int(x) for x in _DEVICES.value):
     env = dict(os.environ, XLA_FLAGS=(
         os.environ.get("XLA_FLAGS", "")
         + f" --xla_force_host_platform_device_count={n}").strip())
     proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), f"--worker={n}",
-         f"--steps={a.steps}", f"--repeats={a.repeats}"],
-        env=env, capture_output=True, text=True, check=False)
+        [sys.executable, "-m", "experiments.bench_scaling", f"--worker={n}",
+         f"--steps={steps}", f"--repeats={repeats}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode or not lines:
       err = [x for x in proc.stderr.strip().splitlines()
@@ -116,14 +123,14 @@ def main() -> None:
     temp = "n/a" if r["temp_mib"] is None else f"{r['temp_mib']:.2f}"
     rows.append([str(n), f"{r['compile_s']:.2f}", f"{r['rate']:,.0f}",
                  f"{r['rate'] / base:.2f}", mib, temp, f"{r['loss']:.6f}"])
-  print(common.table(
+  print(bench_common.table(
       ["devices", "compile s", "examples/s", "vs 1 device", "MiB/device",
-       "of which temp", f"loss after {a.steps} steps"], rows,
+       "of which temp", f"loss after {steps} steps"], rows,
       f"global batch 128, jit + NamedSharding over ('data', n), best of "
-      f"{a.repeats} x {a.steps} steps"))
+      f"{repeats} x {steps} steps"))
   print(NOTE)
   sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

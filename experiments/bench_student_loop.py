@@ -13,17 +13,18 @@ teacher logits. Times, per batch, averaged over --steps batches:
   full loop      mtkd's loop body: prefetching iterator, put, step, metric
                  accumulation
 
-Run:  python experiments/bench_student_loop.py [--steps=300]
+Run (from the repository root):
+  .venv/bin/python -m experiments.bench_student_loop [--steps=300]
 """
 
-import argparse
 import time
+from collections.abc import Sequence
 
 import grain
 import jax
 import ml_collections
 import numpy as np
-from absl import flags
+from absl import app, flags, logging
 
 from mtkd import models
 from mtkd.data import datasets, streams
@@ -31,6 +32,8 @@ from mtkd.methods import objectives
 from mtkd.train import placement, sharding
 from mtkd.train import step as step_lib
 from mtkd.train.loop import accumulate
+
+_STEPS = flags.DEFINE_integer("steps", 300, "Batches timed per row.")
 
 
 def _ms(fn, n):
@@ -40,12 +43,11 @@ def _ms(fn, n):
   return 1e3 * (time.perf_counter() - t) / n
 
 
-def main() -> None:
-  p = argparse.ArgumentParser()
-  p.add_argument("--steps", type=int, default=300)
-  a = p.parse_args()
-  flags.FLAGS.mark_as_parsed()  # Grain reads absl flags.
-  n, steps, rng = 60000, a.steps, np.random.default_rng(0)
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # As mtkd.main: no INFO logs.
+  n, steps, rng = 60000, _STEPS.value, np.random.default_rng(0)
   tasks = ("left", "right")
   split = datasets.Split(
       rng.integers(0, 255, (n, 36, 36, 1), dtype=np.uint8),
@@ -108,4 +110,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

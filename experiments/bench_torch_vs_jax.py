@@ -5,7 +5,8 @@ task alpha*T^2*KL + (1-alpha)*CE, alpha 0.5, T 2), batch 128, Adam 1e-3,
 same synthetic batches (random 36x36x1 images, labels and teacher logits),
 same initial parameters (mtkd's init copied into torch). Rows:
 
-  mtkd step (jax.jit)       `step_lib.make_train_step` via experiments/common.py
+  mtkd step (jax.jit)       `step_lib.make_train_step` via
+                            experiments/bench_common.py
                             (also computes grad norm, accuracy and loss
                             metrics, a non-finite guard), state donated
   bare JAX step (jax.jit)   the same loss and Adam update only
@@ -27,27 +28,34 @@ Needs torch (`.venv/bin/pip install -r experiments/requirements.txt`);
 without it, prints a message and exits 0.
 
 Run (from the repository root; ~1.5 min on 2 cores):
-  .venv/bin/python experiments/bench_torch_vs_jax.py
-  .venv/bin/python experiments/bench_torch_vs_jax.py --quick
+  .venv/bin/python -m experiments.bench_torch_vs_jax
+  .venv/bin/python -m experiments.bench_torch_vs_jax --quick
 """
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app, flags, logging
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+from experiments import bench_common
+from mtkd.methods import losses
 
-from mtkd import losses  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_STEPS = flags.DEFINE_integer("steps", 400, "Timed steps per repeat.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Repeats (the best counts).")
+_QUICK = flags.DEFINE_bool("quick", False, "Small sizes.")
+_WORKER = flags.DEFINE_string(
+    "worker", None, "Internal: time this implementation (or 'check') in "
+    "this process and print the result as JSON.")
 
 NUM_BATCHES, BATCH = 32, 128
 
@@ -72,7 +80,7 @@ def timed(run: Callable[[int], None], steps: int, repeats: int
 
 
 def jax_mtkd(student, batches, key):
-  step = common.make_student_step(student, student.fresh_state())
+  step = bench_common.make_student_step(student, student.fresh_state())
   device = [student.put(b) for b in batches]
   state = [student.fresh_state()]
   losses_seen = []
@@ -89,17 +97,17 @@ def jax_mtkd(student, batches, key):
 
 def jax_bare(student, batches):
   """The loss and Adam update alone, on mtkd's model."""
-  tx = optax.adam(common.LEARNING_RATE)
+  tx = optax.adam(bench_common.LEARNING_RATE)
   params = student.fresh_state().params
 
   def loss_fn(params, b):
     out = student.model.apply({"params": params}, b["inputs"])["logits"]
     total = 0.0
-    for t in common.TASKS:
+    for t in bench_common.TASKS:
       kd = losses.distillation_kl(out[t], b["teacher"][t][:, 0],
-                                  common.TEMPERATURE)
+                                  bench_common.TEMPERATURE)
       ce = losses.cross_entropy(out[t], b["labels"][t])
-      total += jnp.mean(common.ALPHA * kd + (1 - common.ALPHA) * ce)
+      total += jnp.mean(bench_common.ALPHA * kd + (1 - bench_common.ALPHA) * ce)
     return total
 
   @jax.jit
@@ -123,7 +131,8 @@ def jax_bare(student, batches):
 def torch_setup(student, batches, threads: int = 2):
   """(make_step(compiled) -> step, tensors) with mtkd's initial params."""
   import torch
-  import torch_reference as ref
+
+  from experiments import torch_reference as ref
 
   torch.set_num_threads(threads)
   torch.set_num_interop_threads(1)
@@ -135,12 +144,14 @@ def torch_setup(student, batches, threads: int = 2):
   init = jax.tree.map(np.array, student.fresh_state().params)
 
   def make(compiled: bool):
-    model = ref.Student(int(np.prod(common.INPUT_SHAPE)), common.HIDDEN,
-                        {t: common.NUM_CLASSES for t in common.TASKS})
+    model = ref.Student(
+        int(np.prod(bench_common.INPUT_SHAPE)), bench_common.HIDDEN,
+        {t: bench_common.NUM_CLASSES for t in bench_common.TASKS})
     ref.load_flax_params(model, init)
-    opt = torch.optim.Adam(model.parameters(), lr=common.LEARNING_RATE)
-    step = ref.make_step(model, opt, common.TASKS, common.TEMPERATURE,
-                         common.ALPHA)
+    opt = torch.optim.Adam(model.parameters(),
+                           lr=bench_common.LEARNING_RATE)
+    step = ref.make_step(model, opt, bench_common.TASKS,
+                         bench_common.TEMPERATURE, bench_common.ALPHA)
     return torch.compile(step) if compiled else step
 
   return make, tensors
@@ -148,12 +159,12 @@ def torch_setup(student, batches, threads: int = 2):
 
 def worker(name: str, steps: int, repeats: int) -> dict:
   """Times one implementation (run in its own process)."""
-  split = common.synthetic_split(NUM_BATCHES * BATCH)
-  logits = common.synthetic_logits(NUM_BATCHES * BATCH)
-  batches = [common.host_batch(split, logits,
-                               np.arange(i * BATCH, (i + 1) * BATCH))
+  split = bench_common.synthetic_split(NUM_BATCHES * BATCH)
+  logits = bench_common.synthetic_logits(NUM_BATCHES * BATCH)
+  batches = [bench_common.host_batch(split, logits,
+                                     np.arange(i * BATCH, (i + 1) * BATCH))
              for i in range(NUM_BATCHES)]
-  student = common.make_student()
+  student = bench_common.make_student()
   key = jax.random.key(1)
   if name == "check":  # Same init and data: the first losses must agree.
     run, seen = jax_mtkd(student, batches, key)
@@ -184,17 +195,14 @@ IMPLEMENTATIONS = ("mtkd step (jax.jit)", "bare JAX step (jax.jit)",
 CHECK_STEPS = 5
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--steps", type=int, default=400)
-  p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--quick", action="store_true", help="small sizes")
-  p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-  a = p.parse_args()
-  if a.quick:
-    a.steps, a.repeats = 100, 1
-  if a.worker:
-    print(json.dumps(worker(a.worker, a.steps, a.repeats)))
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # As mtkd.main: no INFO logs.
+  steps, repeats = (100, 1) if _QUICK.value else (_STEPS.value,
+                                                  _REPEATS.value)
+  if _WORKER.value:
+    print(json.dumps(worker(_WORKER.value, steps, repeats)))
     return
   try:
     import torch
@@ -202,13 +210,13 @@ def main() -> None:
     print("bench_torch_vs_jax: torch is not installed; skipping. Install "
           "it with `.venv/bin/pip install -r experiments/requirements.txt`.")
     return
-  print(f"{common.machine()}; torch {torch.__version__}")
+  print(f"{bench_common.machine()}; torch {torch.__version__}")
 
   def spawn(name: str) -> dict | str:
     proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), f"--worker={name}",
-         f"--steps={a.steps}", f"--repeats={a.repeats}"],
-        capture_output=True, text=True, check=False)
+        [sys.executable, "-m", "experiments.bench_torch_vs_jax",
+         f"--worker={name}", f"--steps={steps}", f"--repeats={repeats}"],
+        cwd=ROOT, capture_output=True, text=True, check=False)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode or not lines:
       err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -235,13 +243,13 @@ def main() -> None:
     ratio = f"{jax_rate / r['rate']:.2f}" if jax_rate else ""
     rows.append([name, f"{r['first']:.2f}", f"{r['rate']:,.0f}",
                  f"{1e3 * BATCH / r['rate']:.2f}", ratio])
-  print(common.table(
+  print(bench_common.table(
       ["implementation", "first call s", "examples/s", "ms/step",
        "mtkd JAX / this"], rows,
-      f"batch {BATCH}, {a.steps} steps, best of {a.repeats}, each in its own "
+      f"batch {BATCH}, {steps} steps, best of {repeats}, each in its own "
       "process; torch: set_num_threads(2), 1 interop thread; XLA:CPU: its "
       "default pool (2 cores)"))
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -8,14 +8,15 @@ mean ± sample std (ddof=1) over them, with n shown. Pooling is only honest
 when the pooled runs differ in the seed alone, so every table lists any
 other config key that differs inside a group.
 
-  python experiments/report.py --workdirs 'workdirs/hinton/*' \\
+  python -m experiments.report --workdirs 'workdirs/hinton/*' \\
       --group_by distill.temperature --out experiments/figures/hinton
 
-writes OUT/report.md (also printed), OUT/learning_curves.png and, per
-group_by key, OUT/<metric>_vs_<key>.png.
+(from the repository root) writes OUT/report.md (also printed),
+OUT/learning_curves.png and, per group_by key, OUT/<metric>_vs_<key>.png.
+--workdirs may be repeated, and workdirs listed after it (an unquoted glob
+the shell expanded) count too.
 """
 
-import argparse
 import glob
 import json
 import math
@@ -25,6 +26,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from absl import app, flags
+
+from mtkd.store import layout
+from mtkd.store.layout import Layout
 
 MODEL_ORDER = ("teacher", "baseline", "student")
 PERCENT = ("accuracy", "agreement")
@@ -59,11 +64,11 @@ def collect(workdirs: Iterable[str]) -> list[dict]:
   still going or failed) are skipped with a note on stderr."""
   records = []
   for wd in expand(workdirs):
-    results = _load_json(os.path.join(wd, "results.json"), None)
+    results = _load_json(Layout(wd).results, None)
     if results is None:
       print(f"report: skipping {wd}: no results.json", file=sys.stderr)
       continue
-    config = _load_json(os.path.join(wd, "config.json"), {})
+    config = _load_json(Layout(wd).file("config.json"), {})
     for task, by_model in results.items():
       for model, metrics in by_model.items():
         records.append(dict(
@@ -168,6 +173,17 @@ def _fmt(x: float, scale: float, sign: bool = False) -> str:
   return ("+" + s) if sign and x > 0 else s
 
 
+def markdown(head: Sequence[str], body: Sequence[Sequence[str]],
+             right_from: int = 1) -> str:
+  """A GitHub markdown table; columns from `right_from` on right-aligned.
+  (The one table writer of experiments/: the drivers' and benchmarks'.)"""
+  lines = ["| " + " | ".join(head) + " |",
+           "|" + "".join("---|" if i < right_from else "---:|"
+                         for i in range(len(head)))]
+  lines += ["| " + " | ".join(map(str, row)) + " |" for row in body]
+  return "\n".join(lines)
+
+
 def to_markdown(rows: Sequence[dict], metric: str,
                 group_by: Sequence[str] = ()) -> str:
   """A markdown table of `table` rows; accuracy/agreement in percent."""
@@ -196,7 +212,7 @@ def to_markdown(rows: Sequence[dict], metric: str,
 def read_log(stage_dir: str) -> dict[int, dict[str, float]]:
   """{step: scalars} from `<stage_dir>/logs/metrics.jsonl`. The file is
   appended to, so a resumed stage may log a step twice: the last wins."""
-  path = os.path.join(stage_dir, "logs", "metrics.jsonl")
+  path = layout.metrics(stage_dir)
   out: dict[int, dict[str, float]] = {}
   try:
     with open(path) as f:
@@ -211,11 +227,10 @@ def read_log(stage_dir: str) -> dict[int, dict[str, float]]:
 
 def stages(workdir: str) -> list[str]:
   """Stage directories (relative) that hold a metrics log."""
-  found = glob.glob(os.path.join(workdir, "*", "logs", "metrics.jsonl")) + (
-      glob.glob(os.path.join(workdir, "teachers", "*", "logs",
-                             "metrics.jsonl")))
-  return sorted(os.path.relpath(os.path.dirname(os.path.dirname(p)), workdir)
-                for p in found)
+  run = Layout(workdir)
+  dirs = glob.glob(run.stage("*")) + run.teachers()
+  return sorted(os.path.relpath(d, workdir) for d in dirs
+                if os.path.isfile(layout.metrics(d)))
 
 
 def _pyplot():
@@ -340,28 +355,35 @@ def plot_metric_vs(records: Sequence[dict], x_key: str, out_path: str,
 
 # ------------------------------------------------------------------- CLI
 
+_WORKDIRS = flags.DEFINE_multi_string(
+    "workdirs", None, "Workdirs or quoted globs; repeat the flag, or list "
+    "more workdirs after it.")
+_GROUP_BY = flags.DEFINE_multi_string(
+    "group_by", [], "Config key path(s), comma-separated or repeated.")
+_METRICS = flags.DEFINE_list(
+    "metrics", ["accuracy", "agreement", "kl", "loss"],
+    "Metrics to tabulate; the first is plotted against each --group_by key.")
+_CURVE_KEY = flags.DEFINE_string(
+    "curve_key", "train/loss", "A key of metrics.jsonl; note train/loss is "
+    "CE for the baseline but the KD mixture for the student.")
+_OUT = flags.DEFINE_string("out", None, "Output folder.")
+
 
 def _split_list(values: Sequence[str]) -> list[str]:
   return [p for v in values for p in v.split(",") if p]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--workdirs", nargs="+", required=True,
-                  help="workdirs or quoted globs")
-  ap.add_argument("--group_by", action="append", default=[],
-                  help="config key path(s), comma-separated or repeated")
-  ap.add_argument("--metrics", default="accuracy,agreement,kl,loss")
-  ap.add_argument("--curve_key", default="train/loss",
-                  help="a key of metrics.jsonl; note train/loss is CE for "
-                  "the baseline but the KD mixture for the student")
-  ap.add_argument("--out", required=True, help="output folder")
-  args = ap.parse_args(argv)
-  group_by = _split_list(args.group_by)
-  metrics = _split_list([args.metrics])
-  records = collect(args.workdirs)
+def main(argv: Sequence[str]) -> int:
+  """The CLI, once absl has parsed the flags; argv[1:] are more workdirs."""
+  workdirs = [*(_WORKDIRS.value or []), *argv[1:]]
+  out = _OUT.value
+  if not workdirs or not out:
+    raise app.UsageError("--workdirs and --out are required.")
+  group_by = _split_list(_GROUP_BY.value)
+  metrics = _split_list(_METRICS.value)
+  records = collect(workdirs)
   if not records:
-    print(f"report: no results.json under {args.workdirs}", file=sys.stderr)
+    print(f"report: no results.json under {workdirs}", file=sys.stderr)
     return 1
   done = sorted({r["workdir"] for r in records})
   deltas = paired_deltas(records)
@@ -374,17 +396,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   if rows:
     parts.append("## Δ accuracy, student − baseline (paired by workdir)\n\n"
                  f"{to_markdown(rows, 'accuracy-delta', group_by)}\n")
-  os.makedirs(args.out, exist_ok=True)
+  os.makedirs(out, exist_ok=True)
   text = "\n".join(parts)
-  with open(os.path.join(args.out, "report.md"), "w") as f:
+  with open(os.path.join(out, "report.md"), "w") as f:
     f.write(text)
   print(text)
   written = [plot_learning_curves(
-      done, os.path.join(args.out, "learning_curves.png"),
-      args.curve_key, group_by=group_by)]
+      done, os.path.join(out, "learning_curves.png"),
+      _CURVE_KEY.value, group_by=group_by)]
   for key in group_by:
     written.append(plot_metric_vs(
-        records, key, os.path.join(args.out, f"{metrics[0]}_vs_{key}.png"),
+        records, key, os.path.join(out, f"{metrics[0]}_vs_{key}.png"),
         metrics[0]))
   for path in filter(None, written):
     print(f"wrote {path}")
@@ -392,4 +414,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  flags.mark_flags_as_required(["workdirs", "out"])
+  app.run(main)

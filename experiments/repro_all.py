@@ -1,35 +1,42 @@
 """Runs every reproduction experiment, or rebuilds all their reports.
 
-  python experiments/repro_all.py                 # run all (long), then report
-  python experiments/repro_all.py --report_only   # tables + PNGs from workdirs
+From the repository root:
+
+  python -m experiments.repro_all                 # run all (long), then report
+  python -m experiments.repro_all --report_only   # tables + PNGs from workdirs
 
 Reports go to experiments/figures/<experiment>/ (report.md and PNGs), read
 from the workdirs under --root (default workdirs/repro). Each driver skips
-finished runs, so re-running resumes where it stopped.
+finished runs, so re-running resumes where it stopped. The shared flags
+(--root, --seeds, --report_only, --figures) reach every driver and
+repro_hinton's own flags reach it; --methods is per driver, so it is refused
+here: run that driver alone.
 """
 
-import os
-import sys
+from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import repro_common as rc  # noqa: E402
-import repro_hinton  # noqa: E402
-import repro_multifashion  # noqa: E402
-import repro_other_data  # noqa: E402
-import repro_text  # noqa: E402
+from experiments import (
+    repro_common,
+    repro_hinton,
+    repro_multifashion,
+    repro_other_data,
+    repro_text,
+)
 
 DRIVERS = (repro_hinton, repro_multifashion, repro_text, repro_other_data)
 
+flags.adopt_module_key_flags(repro_common)
+flags.adopt_module_key_flags(repro_hinton)
 
-def main(argv=None) -> int:
-  args = rc.parser(__doc__).parse_args(argv)
-  common = ["--root", args.root, "--seeds", args.seeds, "--figures",
-            args.figures] + (["--report_only"] if args.report_only else [])
+
+def main(argv) -> int:
+  if flags.FLAGS["methods"].present:
+    raise app.UsageError("--methods names one driver's methods; run that "
+                         "driver alone (python -m experiments.repro_...).")
   for d in DRIVERS:
-    d.main(common)
+    d.main(argv)
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  app.run(main)

@@ -7,9 +7,15 @@ config.json equals the config this run would resolve to is skipped without
 starting Python; anything else is (re)started and mtkd itself skips or
 resumes its finished stages. Runs that fail are reported and the driver goes
 on with the next one (the report says n per row).
+
+Also the flags every driver shares (--root, --seeds, --report_only,
+--figures, --methods), defined here once so that repro_all.py can run every
+driver in one process; each driver adopts them as its own (--help lists
+them). Paths are found from this file's location, not the working
+directory: ROOT is the repository root, configs are loaded by path from
+ROOT/configs, and runs start with ROOT as their working directory.
 """
 
-import argparse
 import importlib.util
 import json
 import os
@@ -17,18 +23,31 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from types import SimpleNamespace
+
+from absl import app, flags
+
+from experiments import report
+from mtkd import configs_util
+from mtkd.store.layout import Layout
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-sys.path.insert(0, HERE)
-
-import report  # noqa: E402
-
-from mtkd import configs_util  # noqa: E402
-
 DEFAULT_ROOT = os.path.join(ROOT, "workdirs", "repro")
 FIGURES = os.path.join(HERE, "figures")
+
+_ROOT = flags.DEFINE_string("root", DEFAULT_ROOT,
+                            "Folder of all repro workdirs.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"],
+                           "Seeds to run, comma-separated.")
+_REPORT_ONLY = flags.DEFINE_bool(
+    "report_only", False, "Run nothing: rebuild tables and plots from the "
+    "existing workdirs.")
+_FIGURES = flags.DEFINE_string(
+    "figures", FIGURES, "Where <experiment>/report.md and PNGs go.")
+_METHODS = flags.DEFINE_list(
+    "methods", None, "repro_multifashion and repro_other_data: the methods "
+    "to run, comma-separated (default: all of the driver's).")
 
 
 def load_config(name: str, arg: str = ""):
@@ -71,9 +90,9 @@ def teacher_key(name: str, arg: str, overrides: dict) -> str:
 
 def finished(workdir: str, want: dict) -> bool:
   try:
-    with open(os.path.join(workdir, "results.json")) as f:
+    with open(Layout(workdir).results) as f:
       json.load(f)
-    with open(os.path.join(workdir, "config.json")) as f:
+    with open(Layout(workdir).file("config.json")) as f:
       return json.load(f) == want
   except (OSError, ValueError):
     return False
@@ -140,8 +159,8 @@ def summary_records(workdirs: Iterable[str]) -> list[dict]:
   'time' with metric per timed stage."""
   out = []
   for wd in report.expand(workdirs):
-    s = load_json(os.path.join(wd, "summary.json"))
-    config = load_json(os.path.join(wd, "config.json"), {})
+    s = load_json(Layout(wd).summary)
+    config = load_json(Layout(wd).file("config.json"), {})
     if s is None:
       continue
     for ref in ("baseline", "teacher"):
@@ -186,15 +205,6 @@ def select(rows: list[dict], **want) -> list[dict]:
       for k, v in want.items())]
 
 
-def markdown(head: Sequence[str], body: Sequence[Sequence[str]],
-             right_from: int = 1) -> str:
-  lines = ["| " + " | ".join(head) + " |",
-           "|" + "".join("---|" if i < right_from else "---:|"
-                         for i in range(len(head)))]
-  lines += ["| " + " | ".join(map(str, row)) + " |" for row in body]
-  return "\n".join(lines)
-
-
 def write_report(out_dir: str, title: str, parts: Sequence[str]) -> str:
   os.makedirs(out_dir, exist_ok=True)
   text = f"# {title}\n\n" + "\n\n".join(p for p in parts if p) + "\n"
@@ -205,32 +215,31 @@ def write_report(out_dir: str, title: str, parts: Sequence[str]) -> str:
   return path
 
 
-def parser(doc: str) -> argparse.ArgumentParser:
-  ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-  ap.add_argument("--root", default=DEFAULT_ROOT,
-                  help="folder of all repro workdirs")
-  ap.add_argument("--seeds", default="0,1,2")
-  ap.add_argument("--report_only", action="store_true",
-                  help="rebuild tables and plots from existing workdirs")
-  ap.add_argument("--figures", default=FIGURES,
-                  help="where <experiment>/report.md and PNGs go")
-  return ap
+def args(argv: Sequence[str], takes_methods: bool = False
+         ) -> SimpleNamespace:
+  """The shared flags' values (root, seeds as ints, report_only, figures,
+  methods: None unless given), once absl has parsed them; a driver's
+  `main(argv)` calls this first. Refuses positional arguments, and
+  --methods unless `takes_methods`."""
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _METHODS.value is not None and not takes_methods:
+    raise app.UsageError("--methods: this driver has no methods to choose.")
+  return SimpleNamespace(
+      root=_ROOT.value, seeds=[int(s) for s in _SEEDS.value if s],
+      report_only=_REPORT_ONLY.value, figures=_FIGURES.value,
+      methods=_METHODS.value)
 
 
-def seeds(args) -> list[int]:
-  return [int(s) for s in args.seeds.split(",") if s]
-
-
-def driver_main(doc: str, methods, run_all, write_reports, argv=None) -> int:
-  """A per-method driver's CLI: `run_all(root, methods, seeds)` unless
-  --report_only, then `write_reports(root, figures)`."""
-  ap = parser(doc)
-  ap.add_argument("--methods", default=",".join(methods))
-  args = ap.parse_args(argv)
-  if not args.report_only:
-    run_all(args.root, [m for m in args.methods.split(",") if m],
-            seeds(args))
-  write_reports(args.root, args.figures)
+def driver_main(methods, run_all, write_reports, argv: Sequence[str]) -> int:
+  """A per-method driver's `main`: `run_all(root, methods, seeds)` (every
+  method in `methods` unless --methods) unless --report_only, then
+  `write_reports(root, figures)`."""
+  a = args(argv, takes_methods=True)
+  if not a.report_only:
+    run_all(a.root, [m for m in (methods if a.methods is None
+                                 else a.methods) if m], a.seeds)
+  write_reports(a.root, a.figures)
   return 0
 
 

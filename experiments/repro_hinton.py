@@ -9,12 +9,14 @@ student trained normally (baseline) and distilled student, and the fraction
 of the teacher-student gap closed, per T), accuracy_vs_T.png,
 errors_vs_T.png and learning curves.
 
-  python experiments/repro_hinton.py                # T in 20,1,2,4,8; seeds 0-2
-  python experiments/repro_hinton.py --shift 2 --seeds 0 --temperatures 20,1
-  python experiments/repro_hinton.py --student_epochs 5 --temperatures 20,2
-  python experiments/repro_hinton.py --data mnist10k --teacher_epochs 20 \
+From the repository root:
+
+  python -m experiments.repro_hinton             # T in 20,1,2,4,8; seeds 0-2
+  python -m experiments.repro_hinton --shift 2 --seeds 0 --temperatures 20,1
+  python -m experiments.repro_hinton --student_epochs 5 --temperatures 20,2
+  python -m experiments.repro_hinton --data mnist10k --teacher_epochs 20 \\
       --student_epochs 10 --temperatures 20,2
-  python experiments/repro_hinton.py --report_only
+  python -m experiments.repro_hinton --report_only
 """
 
 import math
@@ -22,10 +24,10 @@ import os
 import shutil
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from absl import app, flags
 
-import report  # noqa: E402
-import repro_common as rc  # noqa: E402
+from experiments import report
+from experiments import repro_common as rc
 
 CONFIG = "repro_hinton"
 TEMPERATURES = (20.0, 1.0, 2.0, 4.0, 8.0)  # The paper's T first.
@@ -44,6 +46,18 @@ EXTRA = (
      "out of 2,000; teacher 20 epochs, student 10; jitter as the main "
      "sweep)"),
 )
+
+flags.adopt_module_key_flags(rc)
+_TEMPERATURES = flags.DEFINE_list(
+    "temperatures", [f"{t:g}" for t in TEMPERATURES],
+    "Distillation temperatures, comma-separated.")
+_SHIFT = flags.DEFINE_integer("shift", MAIN_SHIFT,
+                              "Teacher jitter in pixels (the paper: 2).")
+_STUDENT_EPOCHS = flags.DEFINE_integer("student_epochs", 1,
+                                       "Student (and baseline) epochs.")
+_TEACHER_EPOCHS = flags.DEFINE_integer("teacher_epochs", 4, "Teacher epochs.")
+_DATA = flags.DEFINE_string("data", "fashion_mnist",
+                            "fashion_mnist or mnist10k.")
 
 
 def folder(shift: int, epochs: int = 1, data: str = "fashion_mnist",
@@ -180,7 +194,7 @@ def write_reports(root: str, figures: str, shift: int = MAIN_SHIFT) -> None:
       "seeds (n). Gap closed = (baseline − distilled) / (baseline − "
       "teacher), computed per seed then averaged. Paired Δ: distilled − "
       "baseline errors in the same run (same seed, same initialisation).",
-      rc.markdown(head, body),
+      report.markdown(head, body),
       "Accuracy (%), all models:",
       report.to_markdown(acc, "accuracy", key),
       "Per run (gap closed):\n\n" + "\n".join(f"- {s}" for s in per_seed),
@@ -199,7 +213,7 @@ def write_reports(root: str, figures: str, shift: int = MAIN_SHIFT) -> None:
     if lrecs:
       lrecs = error_records(lrecs)
       parts.append(f"{title}; workdirs `{sub}/`. Test errors:\n\n"
-                   + rc.markdown(*_errors_table(lrecs)))
+                   + report.markdown(*_errors_table(lrecs)))
       parts.append(_margin_warning(lrecs))
   other = 2 if shift != 2 else None
   if other is not None:
@@ -210,7 +224,7 @@ def write_reports(root: str, figures: str, shift: int = MAIN_SHIFT) -> None:
       parts.append(
           f"The paper's teacher jitter (max_shift={other}, same dropout and "
           "steps; workdirs `" + folder(other) + "/`), test errors:\n\n" +
-          rc.markdown(["T", "n", "teacher", "baseline", "distilled"], [
+          report.markdown(["T", "n", "teacher", "baseline", "distilled"], [
               [f"{t:g}", str(rc.select(oerr, model="student", **{
                   "distill.temperature": t})[0]["n"])] + [
                   rc.cell(rc.select(oerr, model=m, **{
@@ -225,24 +239,15 @@ def write_reports(root: str, figures: str, shift: int = MAIN_SHIFT) -> None:
   rc.write_report(out, "Hinton et al. 2015 §3 on Fashion-MNIST", parts)
 
 
-def main(argv=None) -> int:
-  ap = rc.parser(__doc__)
-  ap.add_argument("--temperatures", default=",".join(
-      f"{t:g}" for t in TEMPERATURES))
-  ap.add_argument("--shift", type=int, default=MAIN_SHIFT,
-                  help="teacher jitter in pixels (the paper: 2)")
-  ap.add_argument("--student_epochs", type=int, default=1)
-  ap.add_argument("--teacher_epochs", type=int, default=4)
-  ap.add_argument("--data", default="fashion_mnist",
-                  help="fashion_mnist or mnist10k")
-  args = ap.parse_args(argv)
-  if not args.report_only:
-    run_all(args.root, [float(t) for t in args.temperatures.split(",")],
-            rc.seeds(args), args.shift, args.student_epochs, args.data,
-            args.teacher_epochs)
-  write_reports(args.root, args.figures)
+def main(argv) -> int:
+  a = rc.args(argv)
+  if not a.report_only:
+    run_all(a.root, [float(t) for t in _TEMPERATURES.value], a.seeds,
+            _SHIFT.value, _STUDENT_EPOCHS.value, _DATA.value,
+            _TEACHER_EPOCHS.value)
+  write_reports(a.root, a.figures)
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  app.run(main)

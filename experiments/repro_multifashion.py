@@ -15,18 +15,20 @@ writes four reports from the workdirs:
 - experiments/figures/label_budget/: kd and its baseline at 250, 1000, 4000
   and all 60000 labelled pairs (`--methods label_budget`).
 
-  python experiments/repro_multifashion.py                 # all, seeds 0-2
-  python experiments/repro_multifashion.py --methods kd,bam --seeds 0
-  python experiments/repro_multifashion.py --report_only
+From the repository root:
+
+  python -m experiments.repro_multifashion                 # all, seeds 0-2
+  python -m experiments.repro_multifashion --methods kd,bam --seeds 0
+  python -m experiments.repro_multifashion --report_only
 """
 
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from absl import app, flags
 
-import report  # noqa: E402
-import repro_common as rc  # noqa: E402
+from experiments import report
+from experiments import repro_common as rc
 
 CONFIG = "repro_multifashion"
 BAM = ("kd", "bam", "bam_fixed")
@@ -44,6 +46,8 @@ METHODS = ("kd", "bam", "bam_fixed", "online_cached", "online_teacher",
 BUDGETS = (250, 4000, -1)
 # What the driver runs by default: every method, then the budget study.
 EXPERIMENTS = METHODS + ("label_budget",)
+
+flags.adopt_module_key_flags(rc)  # --root, --seeds, ... in --help.
 
 
 def budget_name(n: int) -> str:
@@ -150,7 +154,7 @@ def strategy_table(recs, summ, methods, extra_metric: str = "",
     row += ([] if compact else [_time(times, ["baseline"])]) + [
         _time(times, stages)]
     body.append(row)
-  return rc.markdown(head, body, right_from=1)
+  return report.markdown(head, body, right_from=1)
 
 
 def baseline_line(recs) -> str:
@@ -180,8 +184,8 @@ def paired_vs(recs, methods, ref: str, metric: str = "accuracy") -> str:
           sum((x - sum(d) / len(d)) ** 2 for x in d) / (len(d) - 1)) ** 0.5
           if len(d) > 1 else 0.0)], sign=True) if d else "–")
     body.append(row[:1] + [str(n)] + row[1:])
-  return rc.markdown(["paired by seed", "n"] + [f"{t} Δ pts" for t in tasks],
-                     body)
+  return report.markdown(
+      ["paired by seed", "n"] + [f"{t} Δ pts" for t in tasks], body)
 
 
 def _time(time_records, keys) -> str:
@@ -214,8 +218,8 @@ def teacher_table(recs) -> str:
     body.append([f"{g[0]} ×{g[1]}", ", ".join(used) if len(used) <= 3 else
                  f"{len(used)} methods", r["task"], rc.cell([r]),
                  str(r["n"])])
-  return rc.markdown(["teachers", "used by", "task", "accuracy %",
-                      "n (seeds)"], body, right_from=3)
+  return report.markdown(["teachers", "used by", "task", "accuracy %",
+                          "n (seeds)"], body, right_from=3)
 
 
 def write_reports(root: str, figures: str) -> None:
@@ -315,9 +319,9 @@ def budget_report(root: str, figures: str) -> None:
   rc.write_report(out, "Label budget: KD gain vs labelled pairs", parts)
 
 
-def main(argv=None) -> int:
-  return rc.driver_main(__doc__, EXPERIMENTS, run_all, write_reports, argv)
+def main(argv) -> int:
+  return rc.driver_main(EXPERIMENTS, run_all, write_reports, argv)
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  app.run(main)

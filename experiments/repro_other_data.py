@@ -4,23 +4,27 @@ Runs configs/repro_other_data.py per (method, seed), workdirs
 `<root>/other_data/<method>_s<seed>`, teachers shared per seed and teacher
 setting, then writes experiments/figures/other_data/report.md and plots.
 
-  python experiments/repro_other_data.py
-  python experiments/repro_other_data.py --methods task_level --seeds 0,1,2
-  python experiments/repro_other_data.py --report_only
+From the repository root:
+
+  python -m experiments.repro_other_data
+  python -m experiments.repro_other_data --methods task_level --seeds 0,1,2
+  python -m experiments.repro_other_data --report_only
 """
 
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from absl import app, flags
 
-import report  # noqa: E402
-import repro_common as rc  # noqa: E402
+from experiments import report
+from experiments import repro_common as rc
 
 CONFIG = "repro_other_data"
 METHODS = ("task_level", "transfer", "transfer_frozen", "transfer_kd")
 # task -> main metric in results.json (digits_mixed / mnist10k).
 METRICS = {"digit": "accuracy", "attributes": "accuracy", "ink": "mse"}
+
+flags.adopt_module_key_flags(rc)  # --root, --seeds, ... in --help.
 
 
 def run_all(root: str, methods, seed_list) -> None:
@@ -71,7 +75,7 @@ def _table(recs, summ, methods, tasks) -> str:
                   sign=True) if t == tasks[0] else "",
           (f"{sum(r['metrics'].get('student', 0) for r in times) / len(times):.0f}"
            if times and t == tasks[0] else "")])
-  return rc.markdown(head, body, right_from=3)
+  return report.markdown(head, body, right_from=3)
 
 
 def write_reports(root: str, figures: str) -> None:
@@ -105,9 +109,9 @@ def write_reports(root: str, figures: str) -> None:
   rc.write_report(out, "Task-level KD and transfer (other data)", parts)
 
 
-def main(argv=None) -> int:
-  return rc.driver_main(__doc__, METHODS, run_all, write_reports, argv)
+def main(argv) -> int:
+  return rc.driver_main(METHODS, run_all, write_reports, argv)
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  app.run(main)

@@ -8,22 +8,25 @@ time, and two reference classifiers that need no learning: the majority
 class and a length threshold for `subjective`), accuracy_by_task.png and
 learning curves.
 
-  python experiments/repro_text.py
-  python experiments/repro_text.py --report_only
+From the repository root:
+
+  python -m experiments.repro_text
+  python -m experiments.repro_text --report_only
 """
 
 import os
 import sys
 
 import numpy as np
+from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import report  # noqa: E402
-import repro_common as rc  # noqa: E402
+from experiments import report
+from experiments import repro_common as rc
 
 CONFIG = "repro_text"
 TASKS = ("subjective", "polarity")
+
+flags.adopt_module_key_flags(rc)  # --root, --seeds, ... in --help.
 
 
 def run_all(root: str, seed_list, arg: str = "") -> None:
@@ -88,7 +91,7 @@ def write_reports(root: str, figures: str, data_cfg=None) -> None:
   parts = [
       "Test split: 3,033 rows of held-out movies (polarity: the 2,822 "
       "review rows). Mean ± std over seeds; Δ paired by seed.",
-      rc.markdown(head, body),
+      report.markdown(head, body),
       f"Δm vs baseline: {rc.cell(rc.select(dm, model='student'), 1, True)} "
       f"%; Δm vs teacher: {rc.cell(rc.select(dmt, model='student'), 1, True)}"
       " %.",
@@ -112,14 +115,13 @@ def write_reports(root: str, figures: str, data_cfg=None) -> None:
   rc.write_report(out, "Text multi-task KD on Rotten Tomatoes", parts)
 
 
-def main(argv=None) -> int:
-  ap = rc.parser(__doc__)
-  args = ap.parse_args(argv)
-  if not args.report_only:
-    run_all(args.root, rc.seeds(args))
-  write_reports(args.root, args.figures, rc.load_config(CONFIG).data)
+def main(argv) -> int:
+  a = rc.args(argv)
+  if not a.report_only:
+    run_all(a.root, a.seeds)
+  write_reports(a.root, a.figures, rc.load_config(CONFIG).data)
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  app.run(main)

@@ -1,28 +1,36 @@
 """Runs every benchmark under experiments/ and prints their tables.
 
-Each benchmark runs in its own process, one after the other (they time
-things, so never in parallel); a failing one is reported and the rest go on.
-`--quick` shrinks every benchmark's sizes (a smoke run, numbers not for
-quoting). The torch comparison skips itself, with a message, when torch is
-not installed (experiments/requirements.txt).
+Each benchmark runs in its own process (`python -m experiments.<name>`,
+from the repository root), one after the other (they time things, so never
+in parallel); a failing one is reported and the rest go on. `--quick`
+shrinks every benchmark's sizes (a smoke run, numbers not for quoting). The
+torch comparison skips itself, with a message, when torch is not installed
+(experiments/requirements.txt).
 
 Run (from the repository root):
-  .venv/bin/python experiments/run_benchmarks.py            # 20 min at load 10
-  .venv/bin/python experiments/run_benchmarks.py --quick    # ~4 min
-  .venv/bin/python experiments/run_benchmarks.py --only=bench_scaling
+  .venv/bin/python -m experiments.run_benchmarks            # 20 min at load 10
+  .venv/bin/python -m experiments.run_benchmarks --quick    # ~4 min
+  .venv/bin/python -m experiments.run_benchmarks --only=bench_scaling
 """
 
-import argparse
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+
+from absl import app, flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+_QUICK = flags.DEFINE_bool("quick", False, "Small sizes in every benchmark.")
+_ONLY = flags.DEFINE_list(
+    "only", [], "Script names (without .py) to run, comma-separated.")
 
 # (script, full-run argument lists, quick-run argument lists); any other
 # experiments/bench_*.py runs too, without arguments (with --quick in a quick
-# run if its source mentions that flag).
+# run if it defines that flag).
 BENCHMARKS = [
     ("bench_cache_formats.py",
      [[], ["--num_examples=20000", "--num_classes=1000"]],
@@ -41,32 +49,29 @@ def discovered() -> list[tuple[str, list, list]]:
   out = []
   for script in sorted(os.listdir(HERE)):
     if script.startswith("bench_") and script.endswith(".py") and (
-        script not in known):
+        script not in known and script != "bench_common.py"):
       with open(os.path.join(HERE, script)) as f:
-        quick = ["--quick"] if '"--quick"' in f.read() else []
+        quick = ["--quick"] if 'DEFINE_bool("quick"' in f.read() else []
       out.append((script, [[]], [quick]))
   return out
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--quick", action="store_true",
-                 help="small sizes in every benchmark")
-  p.add_argument("--only", default="",
-                 help="comma-separated script names (without .py) to run")
-  a = p.parse_args()
-  only = {s.removesuffix(".py") for s in a.only.split(",") if s}
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  only = {s.removesuffix(".py") for s in _ONLY.value if s}
   failed, t_all = [], time.perf_counter()
   for script, full, quick in BENCHMARKS + discovered():
-    if only and script.removesuffix(".py") not in only:
+    name = script.removesuffix(".py")
+    if only and name not in only:
       continue
-    for args in quick if a.quick else full:
-      cmd = [sys.executable, os.path.join(HERE, script), *args]
-      shown = " ".join(["python", f"experiments/{script}", *args])
+    for args in quick if _QUICK.value else full:
+      cmd = [sys.executable, "-m", f"experiments.{name}", *args]
+      shown = " ".join(["python -m", f"experiments.{name}", *args])
       print(f"\n=== {shown}", flush=True)
       t0 = time.perf_counter()
-      rc = subprocess.run(cmd, check=False).returncode
-      print(f"=== {script}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in "
+      rc = subprocess.run(cmd, cwd=ROOT, check=False).returncode
+      print(f"=== {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in "
             f"{time.perf_counter() - t0:.0f} s", flush=True)
       if rc:
         failed.append(shown)
@@ -77,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -16,6 +16,21 @@ from mtkd.methods.objectives import OBJECTIVES
 from mtkd.methods.weighting import WEIGHTINGS
 
 
+def plugin_blocks(registry) -> dict[str, ml_collections.ConfigDict]:
+  """`{settings_key: default_settings}` of a registry's plug-ins; plug-ins
+  that share a key must agree on its defaults."""
+  out = {}
+  for name in registry.names():
+    cls = registry.get(name)
+    key, block = cls.settings_key, dict(cls.default_settings)
+    if not key:
+      continue
+    if key in out and out[key].to_dict() != block:
+      raise ValueError(f"Plug-ins disagree on the defaults of {key!r}.")
+    out[key] = ml_collections.ConfigDict(block)
+  return out
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -81,21 +96,16 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Each objective's own settings block (`config.<objective>`, e.g.
   # config.dkd.beta), read only by the stages that name the objective.
-  for name in OBJECTIVES.names():
-    cls = OBJECTIVES.get(name)
-    if cls.settings_key and cls.settings_key not in c:
-      c[cls.settings_key] = ml_collections.ConfigDict(
-          dict(cls.default_settings))
+  for key, block in plugin_blocks(OBJECTIVES).items():
+    if key in c:
+      raise ValueError(f"An objective's settings_key {key!r} is a core key.")
+    c[key] = block
   # Multi-task weighting of the terms (tasks, plus feature terms): `name`,
   # and each method's own block (config.weighting.dwa.period, ...).
   c.weighting = ml_collections.ConfigDict(dict(
-      name="fixed"))  # equal | fixed (config.tasks weights) | uncertainty |
-                      # dwa | gradnorm | pcgrad.
-  for name in WEIGHTINGS.names():
-    cls = WEIGHTINGS.get(name)
-    if cls.settings_key:
-      c.weighting[cls.settings_key] = ml_collections.ConfigDict(
-          dict(cls.default_settings))
+      name="fixed",  # equal | fixed (config.tasks weights) | uncertainty |
+                     # dwa | gradnorm | pcgrad.
+      **plugin_blocks(WEIGHTINGS)))
   # Transfer: a model trained on a source dataset (steps > 0 enables it).
   c.source = ml_collections.ConfigDict(dict(
       data=dict(name="fashion_mnist", dir="", path="", max_train=0,
@@ -112,7 +122,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 100
   c.checkpoint_every = 500
   # Batches placed on device ahead of the step by a background thread
-  # (`mtkd.prefetch`); 0 = put in the loop. No gain on a 2-core CPU host
+  # (`mtkd.train.prefetch`); 0 = put in the loop. No gain on a 2-core CPU host
   # (experiments/README.md); meant for accelerator hosts with spare cores.
   c.prefetch_to_device = 0
 

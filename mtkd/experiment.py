@@ -24,10 +24,12 @@ from mtkd.store.layout import Layout
 from mtkd.train import placement, sharding
 
 
-def run(config, workdir: str, allow_config_change: bool = False) -> dict:
-  """Runs (or resumes) the whole pipeline; returns and writes results.json."""
+def run(config, workdir: str, allow_config_change: bool = False,
+        devices=None) -> dict:
+  """Runs (or resumes) the whole pipeline; returns and writes results.json.
+  `devices`: the devices `config.mesh` spans (default: all)."""
   t_start = time.perf_counter()
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh, devices)
   ds = datasets.build(config.data)
   r = Run(config, Layout.of(config, workdir), mesh,
           placement.make(config.parallel, mesh), ds,

@@ -122,3 +122,19 @@ def test_each_package_says_what_it_may_import():
     if m.count(".") == 1 and m.split(".")[1] in RANKS:
       doc = ast.get_docstring(tree) or ""
       assert "May import" in doc, m
+
+
+def _reach(module: str) -> set[str]:
+  seen, todo = set(), [module]
+  while todo:
+    for d in GRAPH[todo.pop()] - seen:
+      seen.add(d)
+      todo.append(d)
+  return seen
+
+
+def test_verify_does_not_pull_in_the_trainer():
+  """--verify checks artifacts; it needs no training loop or driver."""
+  assert not _reach("mtkd.stages.verify") & {
+      "mtkd.experiment", "mtkd.train.loop", "mtkd.stages.student",
+      "mtkd.stages.base"}

@@ -325,3 +325,22 @@ def test_reads_version_2_dense_caches(tmp_path):
   json.dump(dict(meta, format_version=99), open(path, "w"))
   with pytest.raises(UserError, match="format version 99"):
     cache.LogitCache(d, META)
+
+
+def test_layout_names_every_cache_and_reads_the_names_back(tmp_path):
+  """Cache folders carry the feature layer and storage mode in their name,
+  and `Layout.caches()` (what --verify walks) reads them back."""
+  from mtkd.store.layout import CacheKey, Layout
+  layout = Layout(str(tmp_path / "run"), str(tmp_path / "teachers_home"))
+  keys = [CacheKey("digit", "train"), CacheKey("digit", "test", "block_1"),
+          CacheKey("left-eye", "train", dtype="bfloat16"),
+          CacheKey("multi_0", "test", "representation", "float16", 20)]
+  for k in keys:
+    os.makedirs(layout.cache(k))
+  assert [k.name for k in keys] == [
+      "digit", "digit-feat_block_1", "left-eye-bfloat16",
+      "multi_0-feat_representation-float16-top20"]
+  assert layout.cache(keys[0]).startswith(str(tmp_path / "teachers_home"))
+  found = dict(layout.caches())
+  assert sorted(found, key=str) == sorted(keys, key=str)
+  assert all(found[k] == layout.cache(k) for k in keys)

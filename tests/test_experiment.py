@@ -5,16 +5,15 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from configs import quickstart
-from mtkd import experiment
 from mtkd.data import builtin, datasets
 from mtkd.errors import UserError
+from mtkd.store import layout
+from mtkd.store.layout import CacheKey, Layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,15 +25,16 @@ def _smoke(**data):
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
+def digits_run(tmp_path_factory, run_mtkd):
   w = str(tmp_path_factory.mktemp("digits") / "w")
-  return w, experiment.run(_smoke(name="digits"), w)
+  return w, run_mtkd(_smoke(name="digits"), w)
 
 
-def test_pipeline_end_to_end_on_digits(digits_run):
+def test_pipeline_end_to_end_on_digits(digits_run, run_mtkd):
   w, results = digits_run
   assert set(results) == {"digit", "parity"}
-  with open(os.path.join(w, "results.json")) as f:
+  L = Layout(w)
+  with open(L.results) as f:
     assert json.load(f) == results
   for task, chance in (("digit", 0.1), ("parity", 0.5)):
     r = results[task]
@@ -45,10 +45,10 @@ def test_pipeline_end_to_end_on_digits(digits_run):
     assert "agreement" in r["student"] and "kl" in r["student"]
   # The reported teacher accuracy is that of the cached test logits.
   test = datasets.build(_smoke(name="digits").data).test
-  meta = json.load(open(os.path.join(w, "cache", "digit", "test",
-                                     "metadata.json")))
+  test_cache = L.cache(CacheKey("digit", "test"))
+  meta = json.load(open(os.path.join(test_cache, "metadata.json")))
   logits = np.concatenate([np.load(os.path.join(
-      w, "cache", "digit", "test", s["name"], "logits_digit.npy"))
+      test_cache, s["name"], "logits_digit.npy"))
                            for s in meta["shards"]])
   acc = np.mean(logits.argmax(-1) == test.labels["digit"])
   assert results["digit"]["teacher"]["accuracy"] == pytest.approx(acc)
@@ -56,13 +56,13 @@ def test_pipeline_end_to_end_on_digits(digits_run):
                "timings.json", "student/logs/metrics.jsonl"):
     assert os.path.isfile(os.path.join(w, name)), name
   assert any(f.startswith("events.out.tfevents")
-             for f in os.listdir(os.path.join(w, "student", "logs")))
+             for f in os.listdir(layout.logs(L.stage("student"))))
 
   # Re-running skips every stage (no new checkpoints) and gives equal results.
-  ckpt = os.path.join(w, "student", "checkpoints")
+  ckpt = layout.checkpoints(L.stage("student"))
   before = {f: os.stat(os.path.join(ckpt, f)).st_mtime_ns
             for f in os.listdir(ckpt)}
-  assert experiment.run(_smoke(name="digits"), w) == results
+  assert run_mtkd(_smoke(name="digits"), w) == results
   assert {f: os.stat(os.path.join(ckpt, f)).st_mtime_ns
           for f in os.listdir(ckpt)} == before
 
@@ -70,36 +70,36 @@ def test_pipeline_end_to_end_on_digits(digits_run):
   c = _smoke(name="digits")
   c.student.optimizer.learning_rate = 0.5
   with pytest.raises(UserError, match="student.optimizer.learning_rate"):
-    experiment.run(c, w)
+    run_mtkd(c, w)
   # The KD temperature changes the student, not the labels-only baseline:
   # the baseline's checkpoint is accepted, and the student's refused.
   c = _smoke(name="digits")
   c.distill.temperature = 7.0
   with pytest.raises(UserError, match="stage 'student'.*distill.temperature"):
-    experiment.run(c, w)
+    run_mtkd(c, w)
 
 
-def test_teachers_are_shared_through_teacher_workdir(tmp_path, digits_run):
+def test_teachers_are_shared_through_teacher_workdir(tmp_path, digits_run, run_mtkd):
   """A run pointing teacher.workdir at another run's directory reuses its
   teachers and caches: where they live is not a teacher setting."""
   w, results = digits_run
-  ckpt = os.path.join(w, "teachers", "digit", "checkpoints")
+  ckpt = layout.checkpoints(Layout(w).teacher("digit"))
   before = {f: os.stat(os.path.join(ckpt, f)).st_mtime_ns
             for f in os.listdir(ckpt)}
   c = _smoke(name="digits")
   c.teacher.workdir = w
   c.baseline = False
-  got = experiment.run(c, str(tmp_path / "w2"))
+  got = run_mtkd(c, str(tmp_path / "w2"))
   assert {f: os.stat(os.path.join(ckpt, f)).st_mtime_ns
           for f in os.listdir(ckpt)} == before
-  assert not os.path.exists(tmp_path / "w2" / "teachers")
+  assert not Layout(str(tmp_path / "w2")).teachers()
   for task in results:
     assert got[task]["teacher"] == results[task]["teacher"]
     np.testing.assert_allclose(got[task]["student"]["accuracy"],
                                results[task]["student"]["accuracy"])
 
 
-def test_task_without_labelled_test_rows_is_refused(tmp_path, monkeypatch):
+def test_task_without_labelled_test_rows_is_refused(tmp_path, monkeypatch, run_mtkd):
   real = datasets.build
 
   def build(cfg):
@@ -110,42 +110,43 @@ def test_task_without_labelled_test_rows_is_refused(tmp_path, monkeypatch):
 
   monkeypatch.setattr(datasets, "build", build)
   with pytest.raises(UserError, match="'parity' has no labelled example"):
-    experiment.run(_smoke(name="digits"), str(tmp_path / "w"))
+    run_mtkd(_smoke(name="digits"), str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w" / "teachers")
 
 
-def test_settings_of_unused_plug_ins_do_not_block_a_resume(digits_run):
+def test_settings_of_unused_plug_ins_do_not_block_a_resume(digits_run, run_mtkd):
   """Only the blocks a stage reads count: the distill run reads neither
   config.dkd nor config.anneal nor another weighting's block."""
   w, results = digits_run
   c = _smoke(name="digits")
   c.dkd.beta, c.anneal.fixed, c.weighting.dwa.period = 3.0, 0.1, 7
-  assert experiment.run(c, w) == results
+  assert run_mtkd(c, w) == results
 
 
-def test_changed_cache_storage_builds_a_new_cache(tmp_path, digits_run):
+def test_changed_cache_storage_builds_a_new_cache(tmp_path, digits_run, run_mtkd):
   """config.cache.dtype is part of a cache's identity: a new cache is built
   beside the old one (which stays intact), and the student, which read
   the old one, refuses to resume with the setting named."""
   w = str(tmp_path / "w")
   shutil.copytree(digits_run[0], w)
-  old = os.path.join(w, "cache", "digit", "train", "metadata.json")
+  old = os.path.join(Layout(w).cache(CacheKey("digit", "train")),
+                     "metadata.json")
   before = os.stat(old).st_mtime_ns
   c = _smoke(name="digits")
   c.cache.dtype = "bfloat16"
   with pytest.raises(UserError, match=r"stage 'student'.*cache\.digit\.dtype"):
-    experiment.run(c, w)
+    run_mtkd(c, w)
   meta = json.load(open(os.path.join(w, "cache", "digit-bfloat16", "train",
                                      "metadata.json")))
   assert meta["dtype"] == "bfloat16"
   assert os.stat(old).st_mtime_ns == before
 
 
-def test_top_k_cache_keeps_the_teachers_argmax(tmp_path, digits_run):
+def test_top_k_cache_keeps_the_teachers_argmax(tmp_path, digits_run, run_mtkd):
   w, results = digits_run
   c = _smoke(name="digits")
   c.teacher.workdir, c.baseline, c.cache.top_k = w, False, 3
-  got = experiment.run(c, str(tmp_path / "w"))
+  got = run_mtkd(c, str(tmp_path / "w"))
   meta = json.load(open(os.path.join(w, "cache", "digit-top3", "test",
                                      "metadata.json")))
   assert meta["top_k"] == 3 and meta["top_k_names"] == ["digit"]
@@ -156,14 +157,14 @@ def test_top_k_cache_keeps_the_teachers_argmax(tmp_path, digits_run):
 
 
 @pytest.mark.parametrize("layout", ["pmap", "fsdp"])
-def test_pmap_and_fsdp_pipelines_match_jit(tmp_path, digits_run, layout):
+def test_pmap_and_fsdp_pipelines_match_jit(tmp_path, digits_run, layout, run_mtkd):
   c = _smoke(name="digits")
   if layout == "pmap":
     c.parallel.placement = "pmap"
   else:
     c.mesh = (("data", 2), ("fsdp", 4))
     c.parallel.fsdp_min_size = 1024
-  got = experiment.run(c, str(tmp_path))
+  got = run_mtkd(c, str(tmp_path), devices=8)
   for task, models in digits_run[1].items():
     for model, metrics in models.items():
       for k, v in metrics.items():
@@ -171,10 +172,10 @@ def test_pmap_and_fsdp_pipelines_match_jit(tmp_path, digits_run, layout):
                                    atol=1e-5, err_msg=f"{task}/{model}/{k}")
 
 
-def test_multi_task_teacher_and_no_transfer_set(tmp_path):
+def test_multi_task_teacher_and_no_transfer_set(tmp_path, run_mtkd):
   c = _smoke(name="digits", transfer_set=False)
   c.teacher.kind = "multi"
-  results = experiment.run(c, str(tmp_path))
+  results = run_mtkd(c, str(tmp_path))
   assert os.listdir(tmp_path / "teachers") == ["multi"]
   assert results["digit"]["teacher"]["accuracy"] > 0.3
 
@@ -199,22 +200,15 @@ def test_multi_task_teacher_and_no_transfer_set(tmp_path):
     (lambda c: setattr(c.cache, "dtype", "int8"), "cache dtype 'int8'"),
     (lambda c: setattr(c.cache, "top_k", -2), "top_k is -2"),
 ])
-def test_bad_config_fails_before_training(tmp_path, edit, match):
+def test_bad_config_fails_before_training(tmp_path, edit, match, run_mtkd):
   c = _smoke(name="digits")
   edit(c)
   with pytest.raises(UserError, match=match):
-    experiment.run(c, str(tmp_path / "w"))
+    run_mtkd(c, str(tmp_path / "w"), devices=8)
   assert not os.path.exists(tmp_path / "w" / "teachers")
 
 
-def _cli(*args, timeout=300):
-  return subprocess.run(
-      [sys.executable, "-m", "mtkd.main", *args], cwd=ROOT, timeout=timeout,
-      capture_output=True, text=True,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"))
-
-
-def test_cli_npz_override_with_vector_inputs(tmp_path):
+def test_cli_npz_override_with_vector_inputs(tmp_path, cli):
   rng = np.random.default_rng(0)
   w = rng.normal(size=(12, 3))
   def make(n):
@@ -226,7 +220,7 @@ def test_cli_npz_override_with_vector_inputs(tmp_path):
   path = tmp_path / "d.npz"
   np.savez(path, x_train=xtr, x_test=xte, y_train_sign=a_tr, y_test_sign=a_te,
            y_train_bin=b_tr, y_test_bin=b_te)
-  r = _cli("--config=configs/quickstart.py:smoke", f"--workdir={tmp_path/'w'}",
+  r = cli("--config=configs/quickstart.py:smoke", f"--workdir={tmp_path/'w'}",
            "--config.data.name=npz", f"--config.data.path={path}",
            "--config.student.steps=30")
   assert r.returncode == 0, r.stderr[-3000:]
@@ -237,20 +231,20 @@ def test_cli_npz_override_with_vector_inputs(tmp_path):
   assert cfg["student"]["steps"] == 30 and cfg["data"]["name"] == "npz"
 
 
-def test_cli_user_error_is_one_clear_message(tmp_path):
-  r = _cli("--config=configs/quickstart.py:smoke", f"--workdir={tmp_path}",
+def test_cli_user_error_is_one_clear_message(tmp_path, cli):
+  r = cli("--config=configs/quickstart.py:smoke", f"--workdir={tmp_path}",
            "--config.data.name=digits", "--config.distill.temperature=-1")
   assert r.returncode == 2
   assert "mtkd: error: Temperature" in r.stderr
   assert "Traceback" not in r.stderr
   for typo, meant in (("student.stpes", "student.steps"),
                       ("tempreature", "distill.temperature")):
-    r = _cli("--config=configs/quickstart.py:smoke", f"--workdir={tmp_path}",
+    r = cli("--config=configs/quickstart.py:smoke", f"--workdir={tmp_path}",
              f"--config.{typo}=3")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"--config.{typo} is not a key" in r.stderr
     assert f"--config.{meant}" in r.stderr  # The suggestion.
-  r = _cli("--config=configs/nope.py", f"--workdir={tmp_path}")
+  r = cli("--config=configs/nope.py", f"--workdir={tmp_path}")
   assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
   assert "'configs/nope.py' does not exist" in r.stderr
 
@@ -258,8 +252,8 @@ def test_cli_user_error_is_one_clear_message(tmp_path):
 @pytest.mark.skipif(not any(os.path.isdir(d) for d in
                             builtin.FASHION_MNIST_DIRS),
                     reason="Fashion-MNIST not installed (dataset-fashion-mnist)")
-def test_quickstart_smoke_on_real_fashion_mnist(tmp_path):
-  r = _cli("--config=configs/quickstart.py:smoke", f"--workdir={tmp_path}")
+def test_quickstart_smoke_on_real_fashion_mnist(tmp_path, cli):
+  r = cli("--config=configs/quickstart.py:smoke", f"--workdir={tmp_path}")
   assert r.returncode == 0, r.stderr[-3000:]
   results = json.load(open(tmp_path / "results.json"))
   assert set(results) == {"left", "right"}

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mtkd.methods import losses as losses_module
+from tests.references import np_js_kd, np_kd, np_log_softmax
 
 # Every public loss, jitted: eager mode compiles each primitive on its own,
 # which makes this file several times slower on CPU. Same semantics.
@@ -16,17 +17,6 @@ losses = types.SimpleNamespace(**{
     name: jax.jit(fn)
     for name, fn in inspect.getmembers(losses_module, inspect.isfunction)
     if fn.__module__ == losses_module.__name__ and not name.startswith("_")})
-
-
-def np_log_softmax(x):
-  x = np.asarray(x, np.float64)
-  m = x.max(-1, keepdims=True)
-  return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
-
-
-def np_kd(student, teacher, t):
-  lt, ls = np_log_softmax(teacher / t), np_log_softmax(student / t)
-  return t * t * np.sum(np.exp(lt) * (lt - ls), -1)
 
 
 @pytest.mark.parametrize("t", [1.0, 2.0, 4.0, 20.0])
@@ -435,18 +425,6 @@ def test_extreme_logits_are_finite():
                              np_softmax_kd(big, te, 1.0), rtol=1e-5)
   np.testing.assert_allclose(losses.sigmoid_kd(big, te, 1.0),
                              np_sigmoid_kd(big, te, 1.0), rtol=1e-5)
-
-
-def np_js_kd(student, teacher, t, beta):
-  """Reference: teachers [B, K, C] averaged in probability space."""
-  p = np.exp(np_log_softmax(np.asarray(teacher, np.float64) / t)).mean(1)
-  q = np.exp(np_log_softmax(np.asarray(student, np.float64) / t))
-  m = beta * p + (1 - beta) * q
-
-  def kl(a, b):
-    with np.errstate(divide="ignore", invalid="ignore"):
-      return np.sum(np.where(a > 0, a * (np.log(a) - np.log(b)), 0.0), -1)
-  return t * t * (beta * kl(p, m) + (1 - beta) * kl(q, m))
 
 
 @pytest.mark.parametrize("t,beta,k", [(1.0, 0.5, 1), (2.0, 0.1, 2),

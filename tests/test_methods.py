@@ -17,10 +17,12 @@ import jax
 import numpy as np
 import pytest
 
-from mtkd import configs_util, experiment
+from mtkd import configs_util
 from mtkd.stages import plan
+from mtkd.store import layout
 from mtkd.store.checkpoint import Checkpointer
 from mtkd.store.fingerprint import tree_fingerprint
+from mtkd.store.layout import Layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The baseline is the same in every run; two runs keep it (Delta_m checks).
@@ -49,7 +51,7 @@ def teacher_root(tmp_path_factory):
   return tmp_path_factory.mktemp("teachers")
 
 
-def run(name, arg, teacher_root, tmp_path):
+def run(name, arg, teacher_root, tmp_path, run_mtkd):
   c = load_config(name, arg)
   if c.teacher.model.name == "patch_cnn":  # Smaller and faster to compile.
     c.teacher.model = dict(name="mlp", hidden=(64,))
@@ -67,13 +69,13 @@ def run(name, arg, teacher_root, tmp_path):
     if s.get("steps", -1) > 0:
       s.steps = 8
   w = str(tmp_path / "w")
-  return c, w, experiment.run(c, w)
+  return c, w, run_mtkd(c, w)
 
 
 @pytest.mark.parametrize("name, arg", RUNS,
                          ids=[f"{n}:{a}" if a else n for n, a in RUNS])
-def test_method_smoke_run(name, arg, teacher_root, tmp_path):
-  c, w, results = run(name, arg, teacher_root, tmp_path)
+def test_method_smoke_run(name, arg, teacher_root, tmp_path, run_mtkd):
+  c, w, results = run(name, arg, teacher_root, tmp_path, run_mtkd)
   stages = list(plan.student_stages(c))
   for task, rows in results.items():
     assert set(rows) == {"teacher", *stages} | (
@@ -81,7 +83,7 @@ def test_method_smoke_run(name, arg, teacher_root, tmp_path):
     for model, metrics in rows.items():
       for k, v in metrics.items():
         assert math.isfinite(v), (task, model, k)
-  summary = json.load(open(os.path.join(w, "summary.json")))
+  summary = json.load(open(Layout(w).summary))
   assert set(summary["delta_m_vs_teacher"]) == set(stages) | (
       {"baseline"} if c.baseline else set())
   if c.baseline:
@@ -101,17 +103,17 @@ def test_method_smoke_run(name, arg, teacher_root, tmp_path):
     # the trained teachers' parameters.
     state = _final(os.path.join(w, "student"))[0]
     online = state["extra"]["teachers"]
-    root = c.teacher.workdir
-    assert sorted(online) == sorted(os.listdir(os.path.join(root,
-                                                            "teachers")))
+    teachers = Layout(w, c.teacher.workdir)
+    assert sorted(online) == [os.path.basename(t)
+                              for t in teachers.teachers()]
     for m, params in online.items():
-      teacher = _final(os.path.join(root, "teachers", m))[0]
+      teacher = _final(teachers.teacher(m))[0]
       assert tree_fingerprint(params) == tree_fingerprint(
           teacher["params"]["model"])
   if arg == "method=dwa":
     # DWA's weights leave 1 once two periods are complete (step 8).
-    logs = [json.loads(line) for line in open(os.path.join(
-        w, "student", "logs", "metrics.jsonl"))]
+    logs = [json.loads(line) for line in open(layout.metrics(
+        Layout(w).stage("student")))]
     weights = [{k: v for k, v in x.items() if k.startswith("train/weight/")}
                for x in logs]
     assert weights[0] and all(v == 1.0 for v in weights[0].values())
@@ -125,7 +127,7 @@ def test_method_smoke_run(name, arg, teacher_root, tmp_path):
 
 def _final(stage_dir):
   """(state as saved, meta) of a stage's latest checkpoint."""
-  ckpt = Checkpointer(os.path.join(stage_dir, "checkpoints"))
+  ckpt = Checkpointer(layout.checkpoints(stage_dir))
   try:
     return ckpt.restore(ckpt.latest_step())
   finally:

@@ -8,7 +8,7 @@ import pytest
 from mtkd.errors import UserError
 from mtkd.methods import objectives
 from mtkd.methods.objectives import OBJECTIVES, Context, TaskSpec
-from tests.test_losses import np_js_kd, np_kd, np_log_softmax
+from tests.references import np_js_kd, np_kd, np_log_softmax
 
 TASKS = (TaskSpec("a", 3, weight=1.0, temperature=2.0, alpha=0.3),
          TaskSpec("b", 4, weight=0.5, temperature=4.0, alpha=0.9))

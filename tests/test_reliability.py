@@ -4,6 +4,7 @@
 import hashlib
 import json
 import os
+import pathlib
 import random
 import signal
 import subprocess
@@ -19,11 +20,10 @@ from configs import quickstart
 from mtkd import distributed, experiment
 from mtkd.data import streams
 from mtkd.errors import UserError
-from mtkd.store import checkpoint
+from mtkd.store import checkpoint, layout
+from mtkd.store.layout import CacheKey, Layout
 from mtkd.train import placement, preemption, sharding
 from mtkd.train.loop import TrainJob, fit
-from tests.test_experiment import _cli
-from tests.test_train import _data, _stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ["--config=configs/quickstart.py:smoke", "--config.data.name=digits",
@@ -31,7 +31,8 @@ SMOKE = ["--config=configs/quickstart.py:smoke", "--config.data.name=digits",
 
 
 def _final_fingerprint(workdir, stage):
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, stage, "checkpoints"))
+  ckpt = checkpoint.Checkpointer(layout.checkpoints(os.path.join(workdir,
+                                                                 stage)))
   try:
     return ckpt.meta(ckpt.latest_step())[checkpoint.FINGERPRINT]
   finally:
@@ -45,14 +46,14 @@ def _latest_saved_step(directory) -> int:
     return 0
 
 
-def test_kill9_at_random_moments_resumes_bit_identically(tmp_path):
+def test_kill9_at_random_moments_resumes_bit_identically(tmp_path, cli):
   """SIGKILL inside every stage (after a random number of its checkpoints,
   so also during saves) and while the cache is written; then finish: all
   results and final parameters must equal an uninterrupted run bit for bit.
   """
   args = [*SMOKE, "--config.teacher.steps=80", "--config.student.steps=80"]
   ref = tmp_path / "ref"
-  assert _cli(*args, f"--workdir={ref}").returncode == 0
+  assert cli(*args, f"--workdir={ref}").returncode == 0
   w = tmp_path / "killed"
   rng = random.Random(0)
   def after_saves(stage):
@@ -77,7 +78,7 @@ def test_kill9_at_random_moments_resumes_bit_identically(tmp_path):
       p.send_signal(signal.SIGKILL)
       killed.append(name)
     outputs.append(p.communicate()[0])
-  r = _cli(*args, f"--workdir={w}")
+  r = cli(*args, f"--workdir={w}")
   assert r.returncode == 0, r.stderr[-2000:]
   resumes = [line for o in outputs + [r.stderr + r.stdout]
              for line in o.splitlines() if "resuming at step" in line]
@@ -87,7 +88,7 @@ def test_kill9_at_random_moments_resumes_bit_identically(tmp_path):
   assert (w / "results.json").read_bytes() == (ref / "results.json").read_bytes()
   for stage in ("teachers/digit", "teachers/parity", "baseline", "student"):
     assert _final_fingerprint(w, stage) == _final_fingerprint(ref, stage)
-  assert _cli(*args, f"--workdir={w}", "--verify").returncode == 0
+  assert cli(*args, f"--workdir={w}", "--verify").returncode == 0
 
 
 @pytest.fixture
@@ -101,11 +102,11 @@ def handlers():
 
 
 def test_sigterm_checkpoints_at_a_step_boundary_and_resumes(tmp_path,
-                                                            handlers):
-  place = placement.Jit(sharding.make_mesh())
-  split = _data()
+                                                            handlers, toy_split, toy_job, one_device_mesh):
+  place = placement.Jit(one_device_mesh)
+  split = toy_split()
   stream = streams.train_stream(split, split.labels, 8, seed=0)
-  straight = fit(_stage(tmp_path, stream, "straight"), place)
+  straight = fit(toy_job(tmp_path, stream, "straight"), place)
 
   fired = []
 
@@ -116,11 +117,11 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_resumes(tmp_path,
     return batch
 
   preemption.install()
-  stage = _stage(tmp_path, stream.map(sigterm_at_step_4), "stopped")
+  stage = toy_job(tmp_path, stream.map(sigterm_at_step_4), "stopped")
   with pytest.raises(preemption.Preempted) as e:
     fit(stage, place)
   assert e.value.signal_name == "SIGTERM"
-  ckpt = checkpoint.Checkpointer(os.path.join(stage.directory, "checkpoints"))
+  ckpt = checkpoint.Checkpointer(layout.checkpoints(stage.directory))
   stopped_at = ckpt.latest_step()
   ckpt.close()
   assert 0 < stopped_at < 10 and f"step {stopped_at}/10" in e.value.where
@@ -144,9 +145,8 @@ def _corrupt_largest_file(step_dir, truncate=False):
 
 @pytest.mark.parametrize("truncate", [False, True])
 def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, capsys,
-                                                   truncate):
-  mesh = sharding.make_mesh()
-  rep = sharding.replicated(mesh)
+                                                   truncate, one_device_mesh):
+  rep = sharding.replicated(one_device_mesh)
   def state(v):  # Random values: the array data is the largest file.
     w = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
     w[0, 0] = v
@@ -166,8 +166,8 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, capsys,
   ckpt.close()
 
 
-def test_keeps_latest_two_plus_best_by_loss(tmp_path):
-  rep = sharding.replicated(sharding.make_mesh())
+def test_keeps_latest_two_plus_best_by_loss(tmp_path, one_device_mesh):
+  rep = sharding.replicated(one_device_mesh)
   ckpt = checkpoint.Checkpointer(str(tmp_path / "c"), keep=2)
   for step, loss in [(1, 5.0), (2, 1.0), (3, 3.0), (4, 4.0), (5, 6.0)]:
     ckpt.save(step, jax.device_put({"x": np.float32(step)}, rep),
@@ -178,9 +178,9 @@ def test_keeps_latest_two_plus_best_by_loss(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["stop", "skip"])
-def test_non_finite_steps(tmp_path, mode):
-  place = placement.Jit(sharding.make_mesh())
-  split = _data()
+def test_non_finite_steps(tmp_path, mode, toy_split, toy_job, one_device_mesh):
+  place = placement.Jit(one_device_mesh)
+  split = toy_split()
   stream = streams.train_stream(split, split.labels, 8, seed=0)
 
   def poison_step_4(batch):
@@ -188,7 +188,7 @@ def test_non_finite_steps(tmp_path, mode):
       batch = dict(batch, inputs=np.full_like(batch["inputs"], np.inf))
     return batch
 
-  stage = _stage(tmp_path, stream.map(poison_step_4), mode)
+  stage = toy_job(tmp_path, stream.map(poison_step_4), mode)
   stage = TrainJob(**{**stage.__dict__, "nonfinite": mode})
   if mode == "stop":
     with pytest.raises(UserError, match="between steps 5 and 6"):
@@ -201,17 +201,17 @@ def test_non_finite_steps(tmp_path, mode):
   else:
     state = fit(stage, place)
     lines = [json.loads(x) for x in open(os.path.join(
-        stage.directory, "logs", "metrics.jsonl"))]
+        layout.logs(stage.directory), layout.METRICS))]
     assert [x["train/nonfinite"] for x in lines] == [0, 0, 0.5, 0, 0]
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(
       jax.device_get(state)))
 
 
-def test_allow_config_change(tmp_path):
-  place = placement.Jit(sharding.make_mesh())
-  split = _data()
+def test_allow_config_change(tmp_path, toy_split, toy_job, one_device_mesh):
+  place = placement.Jit(one_device_mesh)
+  split = toy_split()
   stream = streams.train_stream(split, split.labels, 8, seed=0)
-  stage = _stage(tmp_path, stream)
+  stage = toy_job(tmp_path, stream)
   fit(stage, place)
   changed = TrainJob(**{**stage.__dict__, "config": {"lr": 5.0},
                      "num_steps": 12})
@@ -222,10 +222,10 @@ def test_allow_config_change(tmp_path):
   assert int(state.step) == 12
 
 
-def test_disk_full_while_checkpointing(tmp_path, monkeypatch):
-  place = placement.Jit(sharding.make_mesh())
-  split = _data()
-  stage = _stage(tmp_path, streams.train_stream(split, split.labels, 8, 0))
+def test_disk_full_while_checkpointing(tmp_path, monkeypatch, toy_split, toy_job, one_device_mesh):
+  place = placement.Jit(one_device_mesh)
+  split = toy_split()
+  stage = toy_job(tmp_path, streams.train_stream(split, split.labels, 8, 0))
   real = ocp.CheckpointManager.save
   def save(self, step, *a, **kw):
     if step >= 6:
@@ -238,15 +238,17 @@ def test_disk_full_while_checkpointing(tmp_path, monkeypatch):
   assert int(fit(stage, place).step) == 10  # Resumes from step 3.
 
 
-def test_verify_reports_each_broken_artifact(tmp_path):
+def test_verify_reports_each_broken_artifact(tmp_path, cli, run_mtkd):
   w = tmp_path / "w"
   c = quickstart.get_config("smoke")
   c.data.name = "digits"
   c.teacher.steps = c.student.steps = 10
-  experiment.run(c, str(w))
+  run_mtkd(c, w)
   from mtkd.stages import verify
   assert verify.verify_workdir(c, str(w)) == []
-  shard = w / "cache" / "digit" / "train" / "shard-00001-of-00002"
+  caches = Layout(str(w))
+  shard = pathlib.Path(caches.cache(CacheKey("digit", "train"))) / (
+      "shard-00001-of-00002")
   raw = bytearray((shard / "logits_digit.npy").read_bytes())
   raw[-1] ^= 1
   (shard / "logits_digit.npy").write_bytes(bytes(raw))
@@ -257,13 +259,14 @@ def test_verify_reports_each_broken_artifact(tmp_path):
   assert "logits_digit.npy fails its checksum" in problems[1]
   assert "student/checkpoints/10 is unusable" in problems[0]
   assert "results.json has tasks []" in problems[2]
-  r = _cli("--config=configs/quickstart.py:smoke", "--config.data.name=digits",
+  r = cli("--config=configs/quickstart.py:smoke", "--config.data.name=digits",
            f"--workdir={w}", "--verify")
   assert r.returncode == 1 and r.stdout.count("PROBLEM:") >= 3
 
   # A cache whose files are self-consistent (checksums rewritten) but whose
   # logits are not what the teacher computes: only re-running catches it.
-  shard = w / "cache" / "parity" / "train" / "shard-00000-of-00002"
+  shard = pathlib.Path(caches.cache(CacheKey("parity", "train"))) / (
+      "shard-00000-of-00002")
   logits = np.load(shard / "logits_parity.npy")
   logits[7] += np.array([4.0, -4.0], np.float32)  # One example changed.
   np.save(shard / "logits_parity.npy", logits)
@@ -293,7 +296,7 @@ def _rewrite_with_checksum(shard, name, edit):
   (shard.parent / "metadata.json").write_text(json.dumps(top))
 
 
-def test_verify_rechecks_feature_caches(tmp_path):
+def test_verify_rechecks_feature_caches(tmp_path, run_mtkd):
   """Feature runs cache under cache/<teacher>-feat_<layer>/: --verify
   finds them (through the workdir layout) and re-runs their teacher."""
   c = quickstart.get_config("smoke")
@@ -303,11 +306,11 @@ def test_verify_rechecks_feature_caches(tmp_path):
   c.baseline = False
   c.student.stages = {"student": dict(objective="feature")}
   w = tmp_path / "w"
-  experiment.run(c, str(w))
+  run_mtkd(c, w)
   from mtkd.stages import verify
   assert verify.verify_workdir(c, str(w)) == []
-  shard = w / "cache" / "digit-feat_representation" / "train" / (
-      "shard-00000-of-00002")
+  shard = pathlib.Path(Layout(str(w)).cache(CacheKey(
+      "digit", "train", layer="representation"))) / "shard-00000-of-00002"
   _rewrite_with_checksum(shard, "logits_digit.npy",
                          lambda x: x.__setitem__(3, x[3] + 5 * np.eye(10)[0]))
   problems = verify.verify_workdir(c, str(w))
@@ -353,8 +356,8 @@ def test_distributed_needs_process_id_with_coordinator():
         process_id=-1)))
 
 
-def test_wrong_type_override_fails_cleanly(tmp_path):
-  r = _cli("--config=configs/quickstart.py:smoke", f"--workdir={tmp_path}",
+def test_wrong_type_override_fails_cleanly(tmp_path, cli):
+  r = cli("--config=configs/quickstart.py:smoke", f"--workdir={tmp_path}",
            "--config.student.steps=many")
   assert r.returncode != 0 and "steps" in r.stderr
   assert "Traceback" not in r.stderr
@@ -402,12 +405,12 @@ app.run(main.main)
 """
 
 
-def test_kill9_during_a_checkpoint_write(tmp_path):
+def test_kill9_during_a_checkpoint_write(tmp_path, cli):
   """SIGKILL while Orbax is writing step 10 of the student: the partial
   write is ignored, training resumes from step 5, results are identical."""
   args = [*SMOKE, "--config.teacher.steps=20", "--config.student.steps=20"]
   ref = tmp_path / "ref"
-  assert _cli(*args, f"--workdir={ref}").returncode == 0
+  assert cli(*args, f"--workdir={ref}").returncode == 0
   w = tmp_path / "w"
   r = subprocess.run([sys.executable, "-c", _KILL_MID_SAVE, *args,
                       f"--workdir={w}"], cwd=ROOT, capture_output=True,
@@ -418,7 +421,7 @@ def test_kill9_during_a_checkpoint_write(tmp_path):
   names = os.listdir(w / "student" / "checkpoints")
   assert "10" not in names and "5" in names, names  # Step 10 never landed,
   assert any(n.startswith("10.") for n in names), names  # but had begun.
-  r = _cli(*args, f"--workdir={w}")
+  r = cli(*args, f"--workdir={w}")
   assert r.returncode == 0, r.stderr[-2000:]
   assert "student: resuming at step 5/20" in r.stdout + r.stderr
   assert (w / "results.json").read_bytes() == (ref / "results.json").read_bytes()

@@ -1,18 +1,15 @@
 """experiments/report.py on fake workdirs: pooled statistics, logs, plots."""
 
-import importlib.util
 import json
 import math
 import os
 
 import numpy as np
 import pytest
+from absl import flags
+from absl.testing import flagsaver
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "experiments",
-                     "report.py")
-_spec = importlib.util.spec_from_file_location("report", _PATH)
-report = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(report)
+from experiments import report
 
 TEMPS = (1.0, 2.0, 4.0)
 SEEDS = (0, 1, 2)
@@ -157,15 +154,21 @@ def test_plots(grid, tmp_path):
                                      key="no/such/key") is None
 
 
+def cli(argv: list[str]) -> int:
+  """`python -m experiments.report ARGV`'s exit status, in this process."""
+  with flagsaver.flagsaver():  # Each call sees only its own flags.
+    return report.main(flags.FLAGS(["report", *argv]))
+
+
 def test_cli(grid, tmp_path, capsys):
   pytest.importorskip("matplotlib")
   out = tmp_path / "out"
-  assert report.main(["--workdirs", str(grid / "*"), "--group_by",
-                      "distill.temperature", "--out", str(out)]) == 0
+  assert cli(["--workdirs", str(grid / "*"), "--group_by",
+              "distill.temperature", "--out", str(out)]) == 0
   md = (out / "report.md").read_text()
   assert md in capsys.readouterr().out
   assert "## accuracy" in md and "## Δ accuracy" in md and "## kl" in md
   assert _is_png(out / "learning_curves.png")
   assert _is_png(out / "accuracy_vs_distill.temperature.png")
-  assert report.main(["--workdirs", str(tmp_path / "nothing*"), "--out",
-                      str(out)]) == 1
+  assert cli(["--workdirs", str(tmp_path / "nothing*"), "--out",
+              str(out)]) == 1

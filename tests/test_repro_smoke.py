@@ -6,25 +6,25 @@ workdirs are laid out as the drivers lay them out, so the drivers' report
 code runs on real results. An experiment whose dataset is absent skips.
 """
 
-import importlib.util
+import importlib
 import json
 import os
 import shutil
-import sys
 
+import jax
 import pytest
+from absl import flags
+from absl.testing import flagsaver
 
+from experiments import repro_common as rc
+from experiments import (
+    repro_hinton,
+    repro_multifashion,
+    repro_other_data,
+    repro_text,
+)
 from mtkd import experiment
 from mtkd.errors import UserError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "experiments"))
-
-import repro_common as rc  # noqa: E402
-import repro_hinton  # noqa: E402
-import repro_multifashion  # noqa: E402
-import repro_other_data  # noqa: E402
-import repro_text  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -55,7 +55,8 @@ def smoke_run(name, arg, root, sub, overrides):
   c.teacher.workdir = os.path.join(root, os.path.dirname(sub), "teachers",
                                    key)
   try:
-    return experiment.run(c, os.path.join(root, sub))
+    return experiment.run(c, os.path.join(root, sub),
+                          devices=jax.devices()[:1])  # Not about devices.
   except UserError as e:
     if "not found" in str(e) or "not installed" in str(e):
       pytest.skip(f"dataset absent: {e}")
@@ -150,15 +151,13 @@ def test_other_data_smoke_and_report(tmp_path):
 @pytest.mark.parametrize("name", ["repro_hinton", "repro_multifashion",
                                   "repro_text", "repro_other_data"])
 def test_driver_report_only_on_empty_root(tmp_path, name):
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(ROOT, "experiments", f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
+  mod = importlib.import_module(f"experiments.{name}")
   argv = ["--root", str(tmp_path), "--figures", str(tmp_path / "f"),
           "--report_only"]
   if name == "repro_text":  # Its reference rules load the corpus.
     mod.write_reports(str(tmp_path), str(tmp_path / "f"))
   else:
-    assert mod.main(argv) == 0
+    with flagsaver.flagsaver():  # The command line, parsed as absl does.
+      assert mod.main(flags.FLAGS([name, *argv])) == 0
   assert not (tmp_path / "f").exists() or not any(
       p.name == "report.md" for p in (tmp_path / "f").rglob("*"))

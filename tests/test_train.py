@@ -11,9 +11,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from mtkd import models
-from mtkd.data import datasets, streams
+from mtkd.data import streams
 from mtkd.errors import UserError
 from mtkd.methods import objectives
+from mtkd.store import layout
 from mtkd.train import placement, sharding
 from mtkd.train import step as step_lib
 from mtkd.train.loop import TrainJob, fit
@@ -21,15 +22,6 @@ from mtkd.train.prefetch import prefetch_to_device
 
 TASKS = (objectives.TaskSpec("a", 3, temperature=2.0, alpha=0.5),
          objectives.TaskSpec("b", 2, weight=0.5, temperature=4.0, alpha=0.9))
-
-
-def _data(n=64):
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(n, 6, 6, 1)).astype(np.float32)
-  labels = {"a": rng.integers(0, 3, n).astype(np.int32),
-            "b": rng.integers(0, 2, n).astype(np.int32)}
-  labels["a"][::3] = -1
-  return datasets.Split(x, labels, np.arange(n))
 
 
 def _batch(split, teacher=True):
@@ -56,10 +48,9 @@ def _setup(place, model_cfg=None):
   return state, step
 
 
-def _run(place, n_steps=4):
+def _run(place, split, n_steps=4):
   """n steps on distinct batches; labels are partial, so per-device label
   counts differ and only exact global reductions agree across layouts."""
-  split = _data()
   state, step = _setup(place)
   state = place.to_device(state)
   metrics = None
@@ -74,9 +65,9 @@ def _mesh(*axes, n=8):
   return sharding.make_mesh(axes or (("data", -1),), jax.devices()[:n])
 
 
-def test_step_is_pure():
+def test_step_is_pure(toy_split):
   place = placement.Jit(_mesh(n=1))
-  split = _data()
+  split = toy_split()
   state, step = _setup(place)
   host_state = jax.device_get(state)
   batch = place.put_batch(_batch(split))
@@ -100,10 +91,10 @@ def test_step_is_pure():
     ("fsdp4x2", lambda: placement.Jit(_mesh(("data", 4), ("fsdp", 2)),
                                      fsdp_min_size=64)),
 ])
-def test_layouts_match_one_device_jit(name, make):
+def test_layouts_match_one_device_jit(name, make, toy_split):
   assert jax.device_count() == 8
-  s1, m1 = _run(placement.Jit(_mesh(n=1)))
-  s2, m2 = _run(make())
+  s1, m1 = _run(placement.Jit(_mesh(n=1)), toy_split())
+  s2, m2 = _run(make(), toy_split())
   assert int(s2.step) == 4
   for a, b in zip(jax.tree.leaves(jax.device_get(s1)),
                   jax.tree.leaves(jax.device_get(s2)), strict=True):
@@ -152,20 +143,8 @@ class _Interrupt(Exception):
 
 
 
-def _stage(tmp_path, stream, name="s"):
-  model = models.build(ml_collections.ConfigDict(
-      dict(name="mlp", hidden=(8,))), {"a": 3, "b": 2})
-  return TrainJob(
-      name=name, directory=str(tmp_path / name), net=models.Net(model),
-      tx=step_lib.make_optimizer(ml_collections.ConfigDict(
-          dict(name="adam", learning_rate=1e-2))),
-      objective=objectives.OBJECTIVES.get("supervised")(), tasks=TASKS, stream=stream,
-      num_steps=10, batch_size=8, seed=3, input_shape=(6, 6, 1),
-      config={"lr": 1e-2}, log_every=2, checkpoint_every=3)
-
-
 def _logged(directory):
-  with open(os.path.join(directory, "logs", "metrics.jsonl")) as f:
+  with open(layout.metrics(str(directory))) as f:
     return [json.loads(line) for line in f]
 
 
@@ -183,7 +162,9 @@ def _crash_once_at(stream, step: int):
 
 
 @pytest.mark.parametrize("prefetch", [0, 2])
-def test_fit_resumes_exactly_after_a_crash(tmp_path, prefetch, monkeypatch):
+def test_fit_resumes_exactly_after_a_crash(tmp_path, prefetch, monkeypatch,
+                                           toy_split, toy_job,
+                                           one_device_mesh):
   """Crash at step 7, resume from checkpoint 6: same parameters and logged
   metrics as a straight run. With `prefetch`, the batches come through
   `prefetch_to_device` and the error is raised in its thread."""
@@ -195,12 +176,12 @@ def test_fit_resumes_exactly_after_a_crash(tmp_path, prefetch, monkeypatch):
     return prefetch_to_device(*args, **kwargs)
 
   monkeypatch.setattr(loop, "prefetch_to_device", spy)
-  place = placement.Jit(sharding.make_mesh())
-  split = _data()
+  place = placement.Jit(one_device_mesh)
+  split = toy_split()
   stream = streams.train_stream(split, split.labels, 8, seed=0)
-  straight = fit(_stage(tmp_path, stream, "straight"), place)
+  straight = fit(toy_job(tmp_path, stream, "straight"), place)
   stage = dataclasses.replace(
-      _stage(tmp_path, stream.map(_crash_once_at(stream, 7)), "resumed"),
+      toy_job(tmp_path, stream.map(_crash_once_at(stream, 7)), "resumed"),
       prefetch=prefetch)
   with pytest.raises(_Interrupt):
     fit(stage, place)
@@ -215,7 +196,7 @@ def test_fit_resumes_exactly_after_a_crash(tmp_path, prefetch, monkeypatch):
   # A finished stage is restored, not retrained, and a changed config refused.
   again = fit(stage, place)
   assert int(again.step) == 10
-  changed = _stage(tmp_path, stream, "resumed")
+  changed = toy_job(tmp_path, stream, "resumed")
   changed = TrainJob(**{**changed.__dict__, "config": {"lr": 1.0}})
   with pytest.raises(UserError, match="differing keys: lr"):
     fit(changed, place)

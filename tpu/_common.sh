@@ -164,7 +164,7 @@ worker_cmd() {
   # shellcheck disable=SC2016  # $HOME is expanded on the worker
   local s='cd "$HOME" &&' v
   for v in TPU_REPO_DIR TPU_LOG_DIR TPU_BUCKET TPU_MOUNT_ROOT TPU_GCSFUSE_FLAGS \
-           TPU_PYTHON TPU_JAX_SPEC TPU_RESTART TPU_STOP_GRACE; do
+           TPU_PYTHON TPU_JAX_SPEC TPU_RESTART TPU_STOP_GRACE TPU_START_CHECK; do
     s+=" $v=$(printf '%q' "${!v:-}")"
   done
   s+=" bash $(printf '%q' "$TPU_REPO_DIR/tpu/worker.sh") $(quote_cmd "$@")"

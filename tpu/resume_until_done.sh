@@ -68,8 +68,9 @@ CMD=("${REST[@]}")
 MAX_TRIES=${TPU_MAX_TRIES:-10}
 POLL=${TPU_POLL_SECS:-300}
 RETRY=${TPU_RETRY_SECS:-120}
-for v in "$MAX_TRIES" "$POLL" "$RETRY"; do
-  case "$v" in ''|*[!0-9]*) usage_error "--max-tries, --poll and --retry-sleep take integers" ;; esac
+case "$MAX_TRIES" in ''|*[!0-9]*) usage_error "--max-tries takes an integer" ;; esac
+for v in "$POLL" "$RETRY"; do  # Seconds, fractions allowed (the selftest polls fast).
+  [[ "$v" =~ ^[0-9]+(\.[0-9]+)?$ ]] || usage_error "--poll and --retry-sleep take seconds, e.g. 300 or 0.5"
 done
 
 # Where results.json will appear.

@@ -19,6 +19,7 @@
 #   TPU_REPO_DIR (mtkd), TPU_LOG_DIR (mtkd_logs), TPU_BUCKET (none),
 #   TPU_MOUNT_ROOT (/gcs), TPU_GCSFUSE_FLAGS, TPU_PYTHON (auto),
 #   TPU_JAX_SPEC (same), TPU_RESTART (0), TPU_STOP_GRACE (120),
+#   TPU_START_CHECK (3: seconds after a start to look for an instant failure),
 #   TPU_WORKER_ID (default: the TPU metadata server's agent-worker-number).
 set -euo pipefail
 
@@ -215,7 +216,7 @@ do_start() {
   cd "$HOME"
   echo "$pid" >"$logs/mtkd.pid"
   ln -sfn "$log" "$logs/latest.log"
-  sleep 3
+  sleep "${TPU_START_CHECK:-3}"
   if ! run_pid >/dev/null; then
     local rc
     rc=$(cat "$logs/mtkd.rc" 2>/dev/null || echo "?")

@@ -5,7 +5,7 @@ A teacher *layout* (registry) maps the dataset's tasks to teacher groups:
 'single' gives one single-task teacher per task (cross-task KD), 'multi' one
 multi-task teacher. Each group has `config.teacher.ensemble` members (seeds
 seed, seed+1, ...); a task's KD target averages its members' predictions in
-probability space (`mtkd.tasks`, `losses.*_kd` take the `[B, K, out]` stack).
+probability space (`mtkd.methods.tasks`, `losses.*_kd` take the `[B, K, out]` stack).
 `config.teacher.models` overrides the architecture per group, so per-task
 teachers may differ.
 

@@ -13,6 +13,7 @@ import json
 import math
 import os
 
+import jax
 import numpy as np
 
 from mtkd import models
@@ -47,7 +48,10 @@ def _check_checkpoints(config, layout: Layout,
     good = [s for s in ckpt.all_steps() if not ckpt.check(s)]
     if good and stage_dir in teacher_dirs:
       state, _ = ckpt.restore(good[-1], None)
-      final[os.path.basename(stage_dir)] = state["params"]["model"]
+      # On the host: restored as saved, it would sit on the devices of the
+      # run that wrote it, not on this mesh.
+      final[os.path.basename(stage_dir)] = jax.device_get(
+          state["params"]["model"])
     ckpt.close()
   return final
 

@@ -414,7 +414,7 @@ class LogitCache:
     n = shard["num_examples"]
     ids = np.load(os.path.join(where, "ids.npy"), allow_pickle=False)
     parts = {}
-    for t in self.meta["tasks"]:
+    for t in self.arrays:
       c, is_top_k = self.meta["num_classes"][t], t in self._top_k
       parts[t] = tuple(np.load(os.path.join(where, f), mmap_mode="r",
                                allow_pickle=False)
@@ -429,8 +429,9 @@ class LogitCache:
     return ids
 
   @property
-  def tasks(self) -> Sequence[str]:
-    """Names of the cached arrays (task logits, features)."""
+  def arrays(self) -> Sequence[str]:
+    """Names of the cached arrays: task logits and features (`feat_<layer>`).
+    (The metadata keeps them under its format's key, `tasks`.)"""
     return self.meta["tasks"]
 
   def rows(self, ids: np.ndarray) -> np.ndarray:

@@ -120,3 +120,10 @@ def corrupt_checkpoints(stage_dir: str) -> str:
 
 def logs(stage_dir: str) -> str:
   return os.path.join(stage_dir, "logs")
+
+
+METRICS = "metrics.jsonl"  # In logs/: one JSON line per log step.
+
+
+def metrics(stage_dir: str) -> str:
+  return os.path.join(logs(stage_dir), METRICS)

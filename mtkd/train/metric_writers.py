@@ -12,6 +12,8 @@ from collections.abc import Mapping
 
 import jax
 
+from mtkd.store import layout
+
 
 class MetricWriter:
   """Appends `{"step": s, **scalars}` lines to metrics.jsonl, and TB events."""
@@ -22,7 +24,7 @@ class MetricWriter:
     if not self.active:
       return
     os.makedirs(logdir, exist_ok=True)
-    self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a")
+    self._jsonl = open(os.path.join(logdir, layout.METRICS), "a")
     from tensorboardX import SummaryWriter  # Heavy import, process 0 only.
     self._tb = SummaryWriter(logdir)
 

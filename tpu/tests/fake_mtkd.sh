@@ -5,7 +5,7 @@
 #                 hangs (until the fake delete kills it); later launches
 #                 finish and process 0 writes WORKDIR/results.json.
 #   usererror     exit 2 at once, as mtkd does on a config/data error.
-#   crash_once    first launch: worker 1 fails (exit 1) after 4 s while worker
+#   crash_once    first launch: worker 1 fails (exit 1) after 2 s while worker
 #                 0 hangs, as in a collective; later launches finish.
 set -euo pipefail
 workdir=""
@@ -19,7 +19,7 @@ case "${FAKE_MTKD_MODE:-preempt_once}" in
   crash_once)
     if [ ! -e "$workdir/launched_once.w$w" ]; then
       touch "$workdir/launched_once.w$w"
-      if [ "$w" = 1 ]; then sleep 4; echo "worker 1 crashed" >&2; exit 1; fi
+      if [ "$w" = 1 ]; then sleep 2; echo "worker 1 crashed" >&2; exit 1; fi
       sleep 1000
     fi
     [ "$w" = 0 ] && echo '{}' >"$workdir/results.json"
@@ -27,10 +27,10 @@ case "${FAKE_MTKD_MODE:-preempt_once}" in
   preempt_once)
     if [ ! -e "$workdir/launched_once.w$w" ]; then
       touch "$workdir/launched_once.w$w"
-      [ "$w" = 0 ] && { sleep 1; echo PREEMPTED >"${FAKE_GCLOUD_DIR:?}/state"; }
+      [ "$w" = 0 ] && { sleep 0.3; echo PREEMPTED >"${FAKE_GCLOUD_DIR:?}/state"; }
       sleep 1000
     fi
-    sleep 1
+    sleep 0.3
     if [ "$w" = 0 ]; then echo '{"left": {}}' >"$workdir/results.json.tmp"
       mv "$workdir/results.json.tmp" "$workdir/results.json"; fi
     echo "fake mtkd on worker $w: done" ;;

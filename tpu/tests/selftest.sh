@@ -71,11 +71,11 @@ printf '#!/bin/sh\necho "fake gcsfuse $*" >>"%s/calls.log"\n' "$D" >"$D/bin/gcsf
 chmod +x "$D/bin/gcsfuse"
 export PATH="$D/bin:$PATH" FAKE_GCLOUD_DIR=$D FAKE_WORKERS=2
 export TPU_NAME=fake-tpu TPU_ZONE=fake-zone TPU_BUCKET=bkt TPU_MOUNT_ROOT=$D/gcs \
-  TPU_INSTALL_STEPS=code TPU_STOP_GRACE=2
+  TPU_INSTALL_STEPS=code TPU_STOP_GRACE=2 TPU_START_CHECK=0.5
 echo 1 >"$D/create_fails"  # the first create fails (no capacity)
 WD=$D/gcs/bkt/runs/r1
 rc=0
-"$T/resume_until_done.sh" --spot --poll 1 --retry-sleep 1 --max-tries 6 -- \
+"$T/resume_until_done.sh" --spot --poll 0.3 --retry-sleep 0.3 --max-tries 6 -- \
   bash tpu/tests/fake_mtkd.sh --workdir="$WD" --config.x=1 >"$D/resume.log" 2>&1 || rc=$?
 check "resume_until_done exits 0 after a failed create and a preemption" [ "$rc" = 0 ]
 check "results.json written" [ -f "$WD/results.json" ]
@@ -99,7 +99,7 @@ check "status.sh: READY, both workers exited 0" \
 out=$("$T/logs.sh" --worker 1 --no-follow --lines 5 2>&1)
 check "logs.sh shows worker 1's log" grep -q "fake mtkd on worker 1: done" <<<"$out"
 
-rc=0; "$T/resume_until_done.sh" --poll 1 --retry-sleep 1 -- \
+rc=0; "$T/resume_until_done.sh" --poll 0.3 --retry-sleep 0.3 -- \
   bash tpu/tests/fake_mtkd.sh --workdir="$WD" >/dev/null 2>&1 || rc=$?
 check "resume_until_done returns at once when results exist" [ "$rc" = 0 ]
 
@@ -113,12 +113,12 @@ check "status.sh: running on both workers" \
 "$T/stop.sh" >/dev/null 2>&1
 check "stop.sh stops it; the wrapper records 143 (TERM)" \
   bash -c '[ "$("$1"/status.sh 2>&1 | grep -c ": exited rc 143 ")" = 2 ]' _ "$T"
-rc=0; FAKE_MTKD_MODE=usererror "$T/resume_until_done.sh" --poll 1 --retry-sleep 1 -- \
+rc=0; FAKE_MTKD_MODE=usererror "$T/resume_until_done.sh" --poll 0.3 --retry-sleep 0.3 -- \
   bash tpu/tests/fake_mtkd.sh --workdir="$D/gcs/bkt/runs/bad" >"$D/bad.log" 2>&1 || rc=$?
 check "resume_until_done stops on mtkd exit status 2" \
   bash -c '[ "$1" != 0 ] && grep -q "exited with status 2" "$2"' _ "$rc" "$D/bad.log"
 check "  ... after one launch" bash -c '[ "$(cat "$1" | wc -l)" = 1 ]' _ "$D/gcs/bkt/runs/bad/args.w0"
-rc=0; FAKE_MTKD_MODE=crash_once "$T/resume_until_done.sh" --poll 2 --retry-sleep 1 -- \
+rc=0; FAKE_MTKD_MODE=crash_once "$T/resume_until_done.sh" --poll 1 --retry-sleep 0.3 -- \
   bash tpu/tests/fake_mtkd.sh --workdir="$D/gcs/bkt/runs/crash" >"$D/crash.log" 2>&1 || rc=$?
 check "a worker that dies: the others are stopped, all relaunched, run finishes" \
   bash -c '[ "$1" = 0 ] && grep -q "going on all workers (1/2)" "$2" && [ -f "$3/results.json" ] &&

@@ -1,9 +1,10 @@
-"""Shared pieces of the benchmarks: the quickstart student and its data.
+"""Shared pieces of the benchmarks: the quickstart student, its data, and
+the machine line and markdown table every benchmark prints.
 
 This file is the ONLY place the benchmarks touch mtkd's training API
 (`make_student`, `make_student_step`, `make_join`, `teacher_entries`); if
 `step_lib.make_train_step`, the objectives or the batch layout change, update
-it here.
+it here. (The reproduction drivers' helpers are in repro_common.py.)
 
 Student: MLP 1296 -> 128 (ReLU) -> two heads of 10 ("left", "right"),
 Adam 1e-3, per task alpha*T^2*KL + (1-alpha)*CE with alpha 0.5, T 2, as in
@@ -22,6 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from experiments import report
 from mtkd import models
 from mtkd.data import datasets
 from mtkd.methods import objectives
@@ -127,9 +129,7 @@ def machine() -> str:
 
 
 def table(headers: list[str], rows: list[list], title: str = "") -> str:
-  """A GitHub markdown table (numbers already formatted as strings)."""
+  """A GitHub markdown table (numbers already formatted as strings; first
+  column left-aligned, the rest right-aligned) under an optional title."""
   lines = [title] if title else []
-  lines.append("| " + " | ".join(headers) + " |")
-  lines.append("|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|")
-  lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-  return "\n".join(lines)
+  return "\n".join([*lines, report.markdown(headers, rows)])
