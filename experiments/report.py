@@ -23,6 +23,7 @@ import math
 import os
 import sys
 from collections.abc import Iterable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -355,18 +356,27 @@ def plot_metric_vs(records: Sequence[dict], x_key: str, out_path: str,
 
 # ------------------------------------------------------------------- CLI
 
-_WORKDIRS = flags.DEFINE_multi_string(
-    "workdirs", None, "Workdirs or quoted globs; repeat the flag, or list "
-    "more workdirs after it.")
-_GROUP_BY = flags.DEFINE_multi_string(
-    "group_by", [], "Config key path(s), comma-separated or repeated.")
-_METRICS = flags.DEFINE_list(
-    "metrics", ["accuracy", "agreement", "kl", "loss"],
-    "Metrics to tabulate; the first is plotted against each --group_by key.")
-_CURVE_KEY = flags.DEFINE_string(
-    "curve_key", "train/loss", "A key of metrics.jsonl; note train/loss is "
-    "CE for the baseline but the KD mixture for the student.")
-_OUT = flags.DEFINE_string("out", None, "Output folder.")
+def define_flags() -> SimpleNamespace:
+  """The CLI's flags, defined only when report.py is the program: other
+  scripts import this module for its tables and must not inherit them."""
+  return SimpleNamespace(
+      workdirs=flags.DEFINE_multi_string(
+          "workdirs", None, "Workdirs or quoted globs; repeat the flag, or "
+          "list more workdirs after it."),
+      group_by=flags.DEFINE_multi_string(
+          "group_by", [], "Config key path(s), comma-separated or repeated."),
+      metrics=flags.DEFINE_list(
+          "metrics", ["accuracy", "agreement", "kl", "loss"],
+          "Metrics to tabulate; the first is plotted against each "
+          "--group_by key."),
+      curve_key=flags.DEFINE_string(
+          "curve_key", "train/loss", "A key of metrics.jsonl; note "
+          "train/loss is CE for the baseline but the KD mixture for the "
+          "student."),
+      out=flags.DEFINE_string("out", None, "Output folder."))
+
+
+_FLAGS: SimpleNamespace | None = None  # Set by define_flags() in __main__.
 
 
 def _split_list(values: Sequence[str]) -> list[str]:
@@ -375,12 +385,13 @@ def _split_list(values: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str]) -> int:
   """The CLI, once absl has parsed the flags; argv[1:] are more workdirs."""
-  workdirs = [*(_WORKDIRS.value or []), *argv[1:]]
-  out = _OUT.value
+  opts = _FLAGS
+  workdirs = [*(opts.workdirs.value or []), *argv[1:]]
+  out = opts.out.value
   if not workdirs or not out:
     raise app.UsageError("--workdirs and --out are required.")
-  group_by = _split_list(_GROUP_BY.value)
-  metrics = _split_list(_METRICS.value)
+  group_by = _split_list(opts.group_by.value)
+  metrics = _split_list(opts.metrics.value)
   records = collect(workdirs)
   if not records:
     print(f"report: no results.json under {workdirs}", file=sys.stderr)
@@ -403,7 +414,7 @@ def main(argv: Sequence[str]) -> int:
   print(text)
   written = [plot_learning_curves(
       done, os.path.join(out, "learning_curves.png"),
-      _CURVE_KEY.value, group_by=group_by)]
+      opts.curve_key.value, group_by=group_by)]
   for key in group_by:
     written.append(plot_metric_vs(
         records, key, os.path.join(out, f"{metrics[0]}_vs_{key}.png"),
@@ -414,5 +425,6 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
+  _FLAGS = define_flags()
   flags.mark_flags_as_required(["workdirs", "out"])
   app.run(main)

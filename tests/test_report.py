@@ -155,7 +155,10 @@ def test_plots(grid, tmp_path):
 
 
 def cli(argv: list[str]) -> int:
-  """`python -m experiments.report ARGV`'s exit status, in this process."""
+  """`python -m experiments.report ARGV`'s exit status, in this process
+  (its flags are defined once, as running the module defines them)."""
+  if report._FLAGS is None:
+    report._FLAGS = report.define_flags()
   with flagsaver.flagsaver():  # Each call sees only its own flags.
     return report.main(flags.FLAGS(["report", *argv]))
 
