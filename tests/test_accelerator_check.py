@@ -26,19 +26,19 @@ def test_tiny_run_checks_and_measures_everything(tmp_path):
   assert len(checks) == 5 and all(c["ok"] for c in checks.values()), checks
   rows = report["steps"]["rows"]
   assert {(r["model"], r["dtype"], r["mode"]) for r in rows} == {
-      (m, d, mode) for m in ("quickstart_mlp", "patch_cnn")
-      for d in ("bfloat16", "float32") for mode in ("plain", "cached",
-                                                     "online")}
+      ("quickstart_mlp", d, mode) for d in ("bfloat16", "float32")
+      for mode in ("plain", "cached", "online")}
   for row in rows:
     assert row["examples_per_s"] > 0 and row["gflop_per_step"] > 0, row
     assert row["compile_s"] > 0 and row["mfu_percent"] is None  # CPU.
   # The online step runs the teacher too: more FLOPs than the cached one.
   flops = {(r["model"], r["dtype"], r["mode"]): r["gflop_per_step"]
            for r in rows}
-  for m in ("quickstart_mlp", "patch_cnn"):
-    assert flops[m, "float32", "online"] > flops[m, "float32", "cached"]
+  for d in ("bfloat16", "float32"):
+    assert flops["quickstart_mlp", d, "online"] > flops[
+        "quickstart_mlp", d, "cached"]
   loop = report["loop"]["rows"]
-  assert sorted(r["prefetch_to_device"] for r in loop) == [0, 0, 2, 2]
+  assert sorted(r["prefetch_to_device"] for r in loop) == [0, 2]
   assert all(0 <= r["idle_percent"] <= 100 for r in loop)
   text = (tmp_path / "accelerator_check.md").read_text()
   assert "| quickstart_mlp |" in text and "idle_percent" in text

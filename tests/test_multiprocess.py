@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from configs import quickstart
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config=configs/quickstart.py:smoke", "--config.data.name=digits",
         "--config.teacher.steps=20", "--config.student.steps=20"]
@@ -46,10 +48,13 @@ def _finish(procs, timeout=400):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  w = tmp_path_factory.mktemp("one_process")
-  _finish([_start([f"--workdir={w}"], devices=4)])
-  return json.load(open(w / "results.json"))
+def reference(tmp_path_factory, run_mtkd):
+  """The same run in one process on 4 devices (in this process: the
+  multi-process runs are what is tested, not the CLI)."""
+  c = quickstart.get_config("smoke")
+  c.data.name = "digits"
+  c.teacher.steps = c.student.steps = 20
+  return run_mtkd(c, tmp_path_factory.mktemp("one_process"), devices=4)
 
 
 @pytest.mark.parametrize("strategy", ["jit", "pmap"])
