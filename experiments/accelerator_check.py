@@ -320,8 +320,8 @@ def _variants(model: Model, dtype: str, batch: int):
   def build(c):
     return models.build(cfg(dict(c, dtype=dtype)), classes)
   teacher = build(model.teacher)
-  t_params = teacher.init(jax.random.key(1),
-                          jnp.zeros((1, *model.shape)))["params"]
+  t_vars = dict(teacher.init(jax.random.key(1),
+                            jnp.zeros((1, *model.shape))))
   rng = np.random.default_rng(0)
   base = {"inputs": rng.random((batch, *model.shape), np.float32),
           "labels": {t: rng.integers(0, 10, batch).astype(np.int32)
@@ -338,7 +338,7 @@ def _variants(model: Model, dtype: str, batch: int):
   return {"plain": (net, tx, specs, "supervised", None, {}, base),
           "cached": (net, tx, specs, "distill", None, {}, cached),
           "online": (net, tx, specs, "distill", online,
-                     {"teachers": {"t": t_params}}, base)}
+                     {"teachers": {"t": t_vars}}, base)}
 
 
 def _make_step(net, tx, objective, specs, teacher, axis_name):

@@ -87,7 +87,7 @@ def _build(pair: str, dtype: str = "float32"):
   for name, obj, fn in (("plain", "supervised", None),
                         ("cached", "distill", None),
                         ("online", "distill", online)):
-    extra = (lambda p: {"weighting": {}, "teachers": {"t": t_params}}) if fn \
+    extra = (lambda p: {"weighting": {}, "teachers": {"t": {"params": t_params}}}) if fn \
         else (lambda p: {"weighting": {}})
     init = step_lib.make_init(student, tx, SHAPE, extra)
     state = place.init(init, jax.random.key(0))

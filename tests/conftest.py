@@ -114,16 +114,17 @@ def toy_split():
 
 @pytest.fixture(scope="session")
 def toy_job(toy_tasks):
-  """`toy_job(tmp_path, stream, name='s')`: a 10-step supervised
-  `TrainJob` of a small MLP on the toy split (checkpoint every 3 steps)."""
+  """`toy_job(tmp_path, stream, name='s', model=None)`: a 10-step
+  supervised `TrainJob` on the toy split (checkpoint every 3 steps) of a
+  small MLP, or of the trunk config `model`."""
   from mtkd import models
   from mtkd.methods.objectives import OBJECTIVES
   from mtkd.train.loop import TrainJob
   from mtkd.train.step import make_optimizer
 
-  def make(tmp_path, stream, name="s"):
+  def make(tmp_path, stream, name="s", model=None):
     model = models.build(ml_collections.ConfigDict(
-        dict(name="mlp", hidden=(8,))), {"a": 3, "b": 2})
+        model or dict(name="mlp", hidden=(8,))), {"a": 3, "b": 2})
     return TrainJob(
         name=name, directory=str(tmp_path / name), net=models.Net(model),
         tx=make_optimizer(ml_collections.ConfigDict(

@@ -108,7 +108,7 @@ def test_method_smoke_run(name, arg, teacher_root, tmp_path, run_mtkd):
                               for t in teachers.teachers()]
     for m, params in online.items():
       teacher = _final(teachers.teacher(m))[0]
-      assert tree_fingerprint(params) == tree_fingerprint(
+      assert tree_fingerprint(params["params"]) == tree_fingerprint(
           teacher["params"]["model"])
   if arg == "method=dwa":
     # DWA's weights leave 1 once two periods are complete (step 8).

@@ -48,10 +48,10 @@ def _setup(place, model_cfg=None):
   return state, step
 
 
-def _run(place, split, n_steps=4):
+def _run(place, split, n_steps=4, model_cfg=None):
   """n steps on distinct batches; labels are partial, so per-device label
   counts differ and only exact global reductions agree across layouts."""
-  state, step = _setup(place)
+  state, step = _setup(place, model_cfg)
   state = place.to_device(state)
   metrics = None
   for k in range(n_steps):
@@ -85,17 +85,26 @@ def test_step_is_pure(toy_split):
   assert all(jax.tree.leaves(changed))  # Every parameter was updated.
 
 
+BATCHNORM = dict(name="cifar_resnet", depth=8, widths=(4, 4, 8, 8))
+
+
+@pytest.mark.parametrize("model_cfg", [None, BATCHNORM],
+                         ids=["patch_cnn", "batchnorm"])
 @pytest.mark.parametrize("name,make", [
     ("jit8", lambda: placement.Jit(_mesh())),
     ("pmap8", lambda: placement.Pmap(_mesh())),
     ("fsdp4x2", lambda: placement.Jit(_mesh(("data", 4), ("fsdp", 2)),
                                      fsdp_min_size=64)),
 ])
-def test_layouts_match_one_device_jit(name, make, toy_split):
+def test_layouts_match_one_device_jit(name, make, toy_split, model_cfg):
+  """Parameters, optimizer state, metrics and (BatchNorm) running
+  statistics agree: under pmap, BatchNorm normalises over the device axis,
+  so its statistics are the global batch's, as under jit."""
   assert jax.device_count() == 8
-  s1, m1 = _run(placement.Jit(_mesh(n=1)), toy_split())
-  s2, m2 = _run(make(), toy_split())
+  s1, m1 = _run(placement.Jit(_mesh(n=1)), toy_split(), model_cfg=model_cfg)
+  s2, m2 = _run(make(), toy_split(), model_cfg=model_cfg)
   assert int(s2.step) == 4
+  assert bool(s1.model_state) == (model_cfg is not None)
   for a, b in zip(jax.tree.leaves(jax.device_get(s1)),
                   jax.tree.leaves(jax.device_get(s2)), strict=True):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
@@ -161,13 +170,16 @@ def _crash_once_at(stream, step: int):
   return crash
 
 
-@pytest.mark.parametrize("prefetch", [0, 2])
-def test_fit_resumes_exactly_after_a_crash(tmp_path, prefetch, monkeypatch,
-                                           toy_split, toy_job,
+@pytest.mark.parametrize("prefetch,model", [(0, None), (2, None),
+                                            (0, BATCHNORM)],
+                         ids=["mlp", "mlp-prefetch", "batchnorm"])
+def test_fit_resumes_exactly_after_a_crash(tmp_path, prefetch, model,
+                                           monkeypatch, toy_split, toy_job,
                                            one_device_mesh):
-  """Crash at step 7, resume from checkpoint 6: same parameters and logged
-  metrics as a straight run. With `prefetch`, the batches come through
-  `prefetch_to_device` and the error is raised in its thread."""
+  """Crash at step 7, resume from checkpoint 6: same parameters (and
+  BatchNorm statistics) and logged metrics as a straight run. With
+  `prefetch`, the batches come through `prefetch_to_device` and the error
+  is raised in its thread."""
   from mtkd.train import loop
   made = []
 
@@ -179,9 +191,10 @@ def test_fit_resumes_exactly_after_a_crash(tmp_path, prefetch, monkeypatch,
   place = placement.Jit(one_device_mesh)
   split = toy_split()
   stream = streams.train_stream(split, split.labels, 8, seed=0)
-  straight = fit(toy_job(tmp_path, stream, "straight"), place)
+  straight = fit(toy_job(tmp_path, stream, "straight", model), place)
   stage = dataclasses.replace(
-      toy_job(tmp_path, stream.map(_crash_once_at(stream, 7)), "resumed"),
+      toy_job(tmp_path, stream.map(_crash_once_at(stream, 7)), "resumed",
+              model),
       prefetch=prefetch)
   with pytest.raises(_Interrupt):
     fit(stage, place)
@@ -196,7 +209,7 @@ def test_fit_resumes_exactly_after_a_crash(tmp_path, prefetch, monkeypatch,
   # A finished stage is restored, not retrained, and a changed config refused.
   again = fit(stage, place)
   assert int(again.step) == 10
-  changed = toy_job(tmp_path, stream, "resumed")
+  changed = toy_job(tmp_path, stream, "resumed", model)
   changed = TrainJob(**{**changed.__dict__, "config": {"lr": 1.0}})
   with pytest.raises(UserError, match="differing keys: lr"):
     fit(changed, place)
@@ -238,6 +251,8 @@ def test_accumulate_sums_with_separate_resets(devices):
           hidden=8), (12,)),
     (dict(name="bag_of_embeddings", vocab_size=50, embed_dim=8, hidden=8),
      (12,)),
+    (dict(BATCHNORM), (6, 6, 1)),
+    (dict(name="wide_resnet", depth=10, widen=1), (6, 6, 1)),
 ])
 def test_bfloat16_compute_keeps_float32_params_and_logits(cfg, shape):
   """`dtype='bfloat16'` changes the trunk's compute only: same parameter

@@ -5,17 +5,22 @@ named `head_<task>`), the `TRUNKS` registry and `build`. Each family lives
 in its own module and registers its trunks on import; this `__init__`
 imports them all, so `models.build(cfg, ...)` knows every name.
 
-May import: the top-level base modules (`errors`, `registry`) only.
+May import: the top-level base modules (`errors`, `registry`) and
+`mtkd.store` (fingerprints).
 """
 
-from mtkd.models import cnn, mlp, text  # noqa: F401  (registers the trunks)
+from mtkd.models import cnn, mlp, resnet, text  # noqa: F401  (registers)
 from mtkd.models.base import (
   TRUNKS,
   MultiHead,
   Net,
   build,
+  export,
   feature_dims,
+  fingerprint,
   flatten,
+  with_axis_name,
 )
 
-__all__ = ["TRUNKS", "MultiHead", "Net", "build", "feature_dims", "flatten"]
+__all__ = ["TRUNKS", "MultiHead", "Net", "build", "export", "feature_dims",
+           "fingerprint", "flatten", "with_axis_name"]

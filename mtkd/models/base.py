@@ -8,8 +8,15 @@ count, so a trunk checkpoint can be re-used with new heads by name.
 
 `Net` wraps the exported model (`params["model"]`) with what only training
 needs: feature adaptors and, for mutual learning, peer models. Evaluation,
-caching and transfer read `params["model"]` alone, so those extras never leak
-into the exported student.
+caching and transfer read the exported model alone (`export`), so those
+extras never leak into the exported student.
+
+Mutable state: a trunk may keep other Flax collections (BatchNorm's
+`batch_stats`), updated when `train=True` and read as running averages
+when `train=False`. A trunk with an `axis_name` field normalises over that
+device axis in training (`with_axis_name`, set for `pmap`), so its batch
+statistics are the global batch's under pmap as they are under jit. An
+exported model is Flax variables: `{"params": ..., "batch_stats": ...}`.
 
 Mixed precision: a trunk's `dtype` (e.g. `config.student.model.dtype=
 'bfloat16'`) is its compute dtype; parameters and optimizer state stay
@@ -26,6 +33,7 @@ import numpy as np
 
 from mtkd.errors import UserError
 from mtkd.registry import Registry
+from mtkd.store.fingerprint import tree_fingerprint
 
 TRUNKS: Registry = Registry("model")
 
@@ -92,6 +100,30 @@ class Net(nn.Module):
         parent=self, name=f"peer_{i}", _deep_clone=True)(x, train=train)
                            for i in range(self.peers))
     return out
+
+
+def with_axis_name(net: nn.Module, axis_name: str | None) -> nn.Module:
+  """`net` whose trunk normalises over `axis_name` in training (a no-op for
+  trunks without an `axis_name` field, or without an axis)."""
+  model = getattr(net, "model", net)
+  if axis_name is None or not hasattr(model.trunk, "axis_name"):
+    return net
+  model = model.clone(trunk=model.trunk.clone(axis_name=axis_name))
+  return net.clone(model=model) if hasattr(net, "model") else model
+
+
+def export(variables: Mapping[str, dict]) -> dict:
+  """A stage's `{"params": ..., **model_state}` -> the exported model's
+  variables: the `model` entry of every collection that has one."""
+  return {c: tree["model"] for c, tree in variables.items() if "model" in tree}
+
+
+def fingerprint(variables: Mapping[str, dict]) -> str:
+  """Content hash of an exported model. A model with parameters only
+  hashes as its parameters did before models had other collections, so
+  caches and checkpoints tied to it by that hash stay valid."""
+  return tree_fingerprint(variables["params"] if set(variables) == {"params"}
+                          else dict(variables))
 
 
 def feature_dims(model: MultiHead, input_shape, layer: str) -> int:

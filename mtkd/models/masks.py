@@ -33,20 +33,28 @@ def last_trunk_layer_mask(params) -> dict:
   return mask
 
 
-def transplant(params: dict, source: dict, parts: str, where: str) -> dict:
-  """Copies the source model's trunk (`parts='trunk'`), or every same-named
-  submodule (`'model'`), into `params["model"]`; the rest stays freshly
-  initialised. Shapes must match: a silent partial copy would train a
-  different model than the config says."""
-  model = dict(params["model"])
-  names = ["trunk"] if parts == "trunk" else [
-      k for k in model if k in source]
-  for name in names:
-    got = jax.tree.map(np.shape, source.get(name))
-    want = jax.tree.map(np.shape, model[name])
-    if got != want:
-      raise UserError(f"{where}: cannot initialise {name!r} from the source "
-                      f"model: its shapes {got} differ from {want}. Use the "
-                      "same trunk settings (and input shape) for both.")
-    model[name] = source[name]
-  return dict(params, model=model)
+def transplant(variables: dict, source: dict, parts: str, where: str) -> dict:
+  """Copies an exported model's trunk (`parts='trunk'`), or every
+  same-named submodule (`'model'`), into the `model` entry of each
+  collection of a stage's `variables` (`{"params": {"model": ...},
+  "batch_stats": {"model": ...}}`), so BatchNorm statistics move with the
+  trunk; the rest stays freshly initialised. Shapes must match: a silent
+  partial copy would train a different model than the config says."""
+  out = dict(variables)
+  for collection, tree in variables.items():
+    if "model" not in tree:
+      continue
+    model, src = dict(tree["model"]), source.get(collection, {})
+    names = ["trunk"] if parts == "trunk" else [k for k in model if k in src]
+    for name in names:
+      got = jax.tree.map(np.shape, src.get(name))
+      want = jax.tree.map(np.shape, model.get(name))
+      if got != want:
+        raise UserError(
+            f"{where}: cannot initialise {name!r} ({collection}) from the "
+            f"source model: its shapes {got} differ from {want}. Use the "
+            "same trunk settings (and input shape) for both.")
+      if name in src:
+        model[name] = src[name]
+    out[collection] = dict(tree, model=model)
+  return out

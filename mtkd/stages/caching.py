@@ -10,12 +10,11 @@ so a changed storage setting builds a new cache beside the old one.
 
 import jax
 
-from mtkd import distributed
+from mtkd import distributed, models
 from mtkd.data.datasets import Dataset
 from mtkd.stages.base import Run, Stage
 from mtkd.stages.teachers import Member
 from mtkd.store import cache
-from mtkd.store.fingerprint import tree_fingerprint
 from mtkd.store.layout import CacheKey
 
 SPLITS = ("train", "test")
@@ -44,7 +43,7 @@ class CacheStage(Stage):
     self.member, self.model, self.params = member, model, params
     self.layers = (layer,) if layer else ()
     self.name = f"cache/{member.name}"
-    self.fingerprint = tree_fingerprint(params)
+    self.fingerprint = models.fingerprint(params)
 
   def keys(self, r: Run) -> dict[str, CacheKey]:
     layer = self.layers[0] if self.layers else ""

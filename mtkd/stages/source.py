@@ -37,7 +37,7 @@ class SourceStage(Stage):
             "dataset_fingerprint": self.data.train.fingerprint()}
 
   def run(self, r: Run):
-    """Returns the source model's exported parameters."""
+    """Returns the source model's exported variables."""
     c, src = self.config, self.data
     if src.input_shape != r.ds.input_shape:
       raise UserError(f"config.source.data gives inputs {src.input_shape} "
@@ -53,4 +53,4 @@ class SourceStage(Stage):
         stream=streams.train_stream(src.train, src.train.labels,
                                     c.batch_size, r.config.seed),
         num_steps=c.steps, batch_size=c.batch_size, config=self.settings(r))
-    return state.params["model"]
+    return models.export(state.variables)

@@ -23,7 +23,6 @@ from mtkd.models.masks import last_trunk_layer_mask, transplant, trunk_mask
 from mtkd.stages import caching
 from mtkd.stages.base import Run, Stage
 from mtkd.stages.teachers import Teachers
-from mtkd.store.fingerprint import tree_fingerprint
 from mtkd.train.step import make_optimizer
 
 
@@ -124,8 +123,8 @@ class StudentStage(Stage):
                    "settings": vars(self.weighting.settings)},
         augment=configs_util.to_dict(c.student.augment))
     if needs.teachers:
-      out.update(teachers={n: tree_fingerprint(p)
-                           for n, p in self.teachers.params.items()},
+      out.update(teachers={n: models.fingerprint(v)
+                           for n, v in self.teachers.params.items()},
                  transfer_set=c.data.transfer_set)
       if needs.teacher_logits:
         out["distill"] = configs_util.to_dict(c.distill)
@@ -136,18 +135,18 @@ class StudentStage(Stage):
     if key:
       out[key] = configs_util.to_dict(c[key])
     if self.init_from is not None:
-      out["init_from"] = tree_fingerprint(self.init_from)
+      out["init_from"] = models.fingerprint(self.init_from)
     return out
 
   def _init(self):
     if self.init_from is None:
       return None
     where = f"config.student.stages.{self.name}"
-    return lambda p: transplant(p, self.init_from, self.plan["init_parts"],
+    return lambda v: transplant(v, self.init_from, self.plan["init_parts"],
                                 where)
 
   def run(self, r: Run):
-    """Returns the exported parameters (`params["model"]`)."""
+    """Returns the exported model's variables (`models.export`)."""
     c, t, needs = r.config, self.teachers, self.needs
     join = teacher_fn = None
     if needs.teachers and not self.online:
@@ -175,5 +174,5 @@ class StudentStage(Stage):
         num_steps=self.plan["steps"], batch_size=batch,
         config=self.settings(r), weighting=wfn,
         augment=augment.make(c.student.get("augment")), teacher=teacher_fn,
-        extra=extra, init_params=self._init())
-    return state.params["model"]
+        extra=extra, init_variables=self._init())
+    return models.export(state.variables)

@@ -42,14 +42,14 @@ class TeacherStage(Stage):
   def _init(self):
     if self.source_params is None:
       return None
-    return lambda p: transplant(p, self.source_params, "trunk", self.name)
+    return lambda v: transplant(v, self.source_params, "trunk", self.name)
 
   def model(self, r: Run) -> models.MultiHead:
     return models.build(self.member.model_cfg,
                         {t: r.ds.num_classes[t] for t in self.member.tasks})
 
   def run(self, r: Run):
-    """Returns the exported parameters (`params["model"]`)."""
+    """Returns the exported model's variables (`models.export`)."""
     c, m = r.config.teacher, self.member
     by_name = {s.name: s for s in r.specs}
     state = r.fit(
@@ -62,5 +62,5 @@ class TeacherStage(Stage):
                                     c.batch_size, m.seed),
         num_steps=c.steps, batch_size=c.batch_size,
         config=self.settings(r), augment=augment.make(c.get("augment")),
-        init_params=self._init(), seed=m.seed)
-    return state.params["model"]
+        init_variables=self._init(), seed=m.seed)
+    return models.export(state.variables)

@@ -115,19 +115,20 @@ def online(nets: Mapping[str, models.MultiHead],
            by_task: Mapping[str, list[str]],
            features: Mapping[str, str] | None = None,
            layer: str = "") -> Callable:
-  """`(teacher params {member: params}, inputs) -> (stacks, features)`,
-  computed in the step with gradients stopped."""
+  """`(teachers {member: exported variables}, inputs) -> (stacks,
+  features)`, computed in the step (running statistics) with gradients
+  stopped."""
   features = features or {}
 
   def apply(params, inputs):
     logits, feats = {}, {}
     for name, net in nets.items():
       if name in features.values():
-        logits[name], blocks = net.apply({"params": params[name]}, inputs,
+        logits[name], blocks = net.apply(params[name], inputs,
                                          train=False, with_features=True)
         feats[name] = models.flatten(blocks[layer])
       else:
-        logits[name] = net.apply({"params": params[name]}, inputs,
+        logits[name] = net.apply(params[name], inputs,
                                  train=False)
     stack = {task: jnp.stack([logits[n][task] for n in names], 1)
              for task, names in by_task.items()}
@@ -145,7 +146,7 @@ class Teachers:
   """
   members: list[Member]
   nets: dict[str, models.MultiHead]
-  params: dict[str, dict]          # member -> exported params
+  params: dict[str, dict]          # member -> exported variables
   caches: dict[str, dict]          # split -> member -> LogitCache
   layer: str = ""
 

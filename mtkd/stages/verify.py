@@ -22,7 +22,6 @@ from mtkd.errors import UserError
 from mtkd.stages import plan, teachers
 from mtkd.store import cache, checkpoint
 from mtkd.store import layout as layout_lib
-from mtkd.store.fingerprint import tree_fingerprint
 from mtkd.store.layout import Layout
 from mtkd.train import sharding
 from mtkd.train.predict import predict
@@ -50,8 +49,9 @@ def _check_checkpoints(config, layout: Layout,
       state, _ = ckpt.restore(good[-1], None)
       # On the host: restored as saved, it would sit on the devices of the
       # run that wrote it, not on this mesh.
-      final[os.path.basename(stage_dir)] = jax.device_get(
-          state["params"]["model"])
+      final[os.path.basename(stage_dir)] = jax.device_get(models.export(
+          {"params": state["params"],
+           **state.get("extra", {}).get("model_state", {})}))
     ckpt.close()
   return final
 
@@ -69,7 +69,7 @@ def _check_caches(layout: Layout, ds: datasets.Dataset | None,
     if ds is not None and key.split in ("train", "test"):
       expected["dataset_fingerprint"] = getattr(ds, key.split).fingerprint()
     if key.member in teacher_params:
-      expected["teacher_fingerprint"] = tree_fingerprint(
+      expected["teacher_fingerprint"] = models.fingerprint(
           teacher_params[key.member])
     try:
       c = cache.LogitCache(directory, expected, verify=True)

@@ -42,9 +42,10 @@ class TrainJob:
   """Everything that defines one training run of one model.
 
   `net` is a `models.Net`; `extra(params) -> dict` builds the state's
-  non-gradient part (weighting state, online teachers); `init_params(params)
-  -> params` edits freshly initialised parameters (transfer: load a trunk)
-  and is not applied on resume. `weighting`, `augment` and `teacher` go to
+  non-gradient part (weighting state, online teachers);
+  `init_variables(variables) -> variables` edits the freshly initialised
+  `{"params": ..., **model_state}` (transfer: load a trunk) and is not
+  applied on resume. `weighting`, `augment` and `teacher` go to
   `mtkd.train.step.make_train_step`.
   """
   name: str
@@ -63,7 +64,7 @@ class TrainJob:
   augment: Callable | None = None
   teacher: Callable | None = None
   extra: Callable[[dict], dict] | None = None
-  init_params: Callable[[dict], dict] | None = None
+  init_variables: Callable[[dict], dict] | None = None
   log_every: int = 100
   checkpoint_every: int = 1000
   nonfinite: str = "stop"  # 'stop' or 'skip' (the update) on NaN/Inf.
@@ -90,7 +91,7 @@ def check_resume_settings(job: TrainJob, saved: dict, where: str) -> None:
 def _restore(job: "TrainJob", ckpt: checkpoint.Checkpointer, state
              ) -> tuple[int, TrainState]:
   """(first step to run, state): the latest good checkpoint after checking
-  its settings, else the fresh state with `job.init_params` applied."""
+  its settings, else the fresh state with `job.init_variables` applied."""
   latest = ckpt.latest_step()
   if latest is not None:
     try:
@@ -103,12 +104,12 @@ def _restore(job: "TrainJob", ckpt: checkpoint.Checkpointer, state
     restored = ckpt.restore_latest(state)
     if restored is not None:
       return restored[0], restored[1]
-  if job.init_params is not None:
+  if job.init_variables is not None:
     # Copies: the step donates its state, and the source arrays (another
     # stage's result) must survive.
-    shardings = jax.tree.map(lambda x: x.sharding, state.params)
-    state = state.replace(params=jax.device_put(jax.tree.map(
-        jnp.copy, job.init_params(state.params)), shardings))
+    where = jax.tree.map(lambda x: x.sharding, state.variables)
+    state = state.with_variables(jax.device_put(jax.tree.map(
+        jnp.copy, job.init_variables(state.variables)), where))
   return 0, state
 
 

@@ -20,7 +20,7 @@ from jax import lax
 from mtkd.methods import weighting as weighting_lib
 from mtkd.methods.objectives import Context, Objective, TaskSpec, term_means
 from mtkd.methods.weighting import Weighting
-from mtkd.models import flatten
+from mtkd.models import flatten, with_axis_name
 from mtkd.registry import Registry
 
 OPTIMIZERS: Registry = Registry("optimizer")
@@ -34,8 +34,29 @@ class TrainState(struct.PyTreeNode):
   params: dict
   opt_state: optax.OptState
   # Non-gradient state the step reads and writes: the task weighting's
-  # state and, in online-teacher mode, the (frozen) teachers' parameters.
+  # state; in online-teacher mode, the (frozen) teachers' variables; and,
+  # for models with other Flax collections (BatchNorm's `batch_stats`),
+  # `model_state`: `{collection: tree shaped like params}`. Kept in `extra`
+  # (and absent without such collections) so checkpoints of models without
+  # them keep the structure they always had.
   extra: dict = struct.field(default_factory=dict)
+
+  @property
+  def model_state(self) -> dict:
+    return self.extra.get("model_state", {})
+
+  @property
+  def variables(self) -> dict:
+    """`{"params": ..., **model_state}`: what `net.apply` takes."""
+    return {"params": self.params, **self.model_state}
+
+  def with_variables(self, variables: dict) -> "TrainState":
+    """This state with new params and model state."""
+    variables = dict(variables)
+    params = variables.pop("params")
+    extra = dict(self.extra, model_state=variables) if variables else (
+        self.extra)
+    return self.replace(params=params, extra=extra)
 
 
 def make_optimizer(cfg, frozen: Callable | None = None
@@ -62,14 +83,19 @@ def make_init(net: nn.Module, tx: optax.GradientTransformation,
 
   `extra(params) -> dict` builds the state's non-gradient part."""
   def init(rng: jax.Array) -> TrainState:
-    params = net.init(rng, jnp.zeros((1, *input_shape)), train=False)["params"]
+    variables = dict(net.init(rng, jnp.zeros((1, *input_shape)), train=False))
+    params = variables.pop("params")
+    state = dict(extra(params) if extra else {})
+    if variables:
+      state["model_state"] = variables
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
-                      extra(params) if extra else {})
+                      state)
   return init
 
 
 def _apply(tx: optax.GradientTransformation, state: TrainState,
-           loss: jax.Array, grads, wstate) -> tuple[TrainState, dict]:
+           loss: jax.Array, grads, wstate, model_state
+           ) -> tuple[TrainState, dict]:
   """The optimizer update, or no update at all when the loss or gradients
   are not finite (the loop then stops or goes on by config.nonfinite), so
   checkpoints never hold NaNs. Returns the new state and step metrics."""
@@ -77,17 +103,31 @@ def _apply(tx: optax.GradientTransformation, state: TrainState,
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  params, opt_state, wstate = jax.tree.map(
+  params, opt_state, wstate, model_state = jax.tree.map(
       lambda new, old: jnp.where(finite, new, old),
-      (params, opt_state, wstate),
-      (state.params, state.opt_state, state.extra.get("weighting", {})))
+      (params, opt_state, wstate, model_state),
+      (state.params, state.opt_state, state.extra.get("weighting", {}),
+       state.model_state))
   extra = dict(state.extra)
   if "weighting" in extra:
     extra["weighting"] = wstate
+  if model_state:
+    extra["model_state"] = model_state
   one = jnp.ones((), jnp.float32)
   return TrainState(state.step + 1, params, opt_state, extra), {
       "loss": (loss, one), "grad_norm": (grad_norm, one),
       "nonfinite": (1.0 - finite.astype(jnp.float32), one)}
+
+
+def _forward(net: nn.Module, params, model_state: dict, inputs, rng):
+  """`net` in training mode: (outputs, updated model state)."""
+  if not model_state:
+    return net.apply({"params": params}, inputs, train=True,
+                     rngs={"dropout": rng}), {}
+  out, updated = net.apply({"params": params, **model_state}, inputs,
+                           train=True, rngs={"dropout": rng},
+                           mutable=list(model_state))
+  return out, dict(updated)
 
 
 def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
@@ -111,6 +151,7 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
   differ from jit's.
   """
   names = objective.term_names(tasks)
+  net = with_axis_name(net, axis_name)
   if weighting is None:
     weighting = weighting_lib.make("fixed", None, names,
                                    weights={t.name: t.weight for t in tasks})
@@ -129,17 +170,20 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
     ctx = Context(state.step, num_steps)
 
     def loss_fn(params):
-      out = net.apply({"params": params}, inputs, train=True,
-                      rngs={"dropout": drop_rng})
+      out, model_state = _forward(net, params, state.model_state, inputs,
+                                  drop_rng)
       terms, metrics = objective(out, batch, tasks, ctx)
-      return term_means(terms, names, axis_name), metrics
+      return term_means(terms, names, axis_name), (metrics, model_state)
 
-    loss, grads, metrics, wstate, wmetrics = weighting(
+    loss, grads, (metrics, model_state), wstate, wmetrics = weighting(
         loss_fn, state.params, state.extra.get("weighting", {}), state.step,
         weight_rng, axis_name)
     if axis_name is not None:
       metrics = lax.psum(metrics, axis_name)
-    state, step_metrics = _apply(tx, state, loss, grads, wstate)
+      # Identical already when normalising with cross-device statistics;
+      # the mean keeps every replica's copy equal whatever the module does.
+      model_state = lax.pmean(model_state, axis_name)
+    state, step_metrics = _apply(tx, state, loss, grads, wstate, model_state)
     return state, dict(metrics, **wmetrics, **step_metrics)
 
   return train_step
@@ -147,13 +191,13 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
 
 @functools.lru_cache(maxsize=32)  # One compiled predict per model, not per call.
 def make_predict(model: nn.Module, layers: tuple[str, ...] = ()) -> Callable:
-  """jitted `(params, inputs) -> {name: outputs}` of a `MultiHead`: task
-  logits, plus `feat_<layer>` (flattened) for each of `layers`. Layouts
-  follow the arguments."""
-  def predict(params, inputs):
+  """jitted `(variables, inputs) -> {name: outputs}` of a `MultiHead` in
+  inference mode (running statistics): task logits, plus `feat_<layer>`
+  (flattened) for each of `layers`. Layouts follow the arguments."""
+  def predict(variables, inputs):
     if not layers:
-      return model.apply({"params": params}, inputs, train=False)
-    logits, blocks = model.apply({"params": params}, inputs, train=False,
+      return model.apply(variables, inputs, train=False)
+    logits, blocks = model.apply(variables, inputs, train=False,
                                  with_features=True)
     return dict(logits, **{f"feat_{k}": flatten(blocks[k]) for k in layers})
   return jax.jit(predict)
