@@ -312,7 +312,7 @@ def _variants(model: Model, dtype: str, batch: int):
   from mtkd import models
   from mtkd.methods import objectives
   from mtkd.stages import teachers
-  from mtkd.train.step import make_optimizer
+  from mtkd.train.optim import make_optimizer
   tasks = ("left", "right")
   classes = {t: 10 for t in tasks}
   cfg = ml_collections.ConfigDict

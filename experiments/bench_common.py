@@ -29,7 +29,7 @@ from mtkd.data import datasets
 from mtkd.methods import objectives
 from mtkd.stages import teachers
 from mtkd.store import cache
-from mtkd.train import placement, sharding
+from mtkd.train import optim, placement, sharding
 from mtkd.train import step as step_lib
 
 TASKS = ("left", "right")
@@ -86,7 +86,7 @@ def make_student(devices: list | None = None,
   by `objective` ('distill': cached-logit KD; 'supervised': labels only)."""
   model = models.Net(models.build(ml_collections.ConfigDict(
       dict(name="mlp", hidden=(HIDDEN,))), {t: NUM_CLASSES for t in TASKS}))
-  tx = step_lib.make_optimizer(ml_collections.ConfigDict(
+  tx = optim.make_optimizer(ml_collections.ConfigDict(
       dict(name="adam", learning_rate=LEARNING_RATE)))
   specs = tuple(objectives.TaskSpec(t, NUM_CLASSES, temperature=TEMPERATURE,
                                     alpha=ALPHA) for t in TASKS)

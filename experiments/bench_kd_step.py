@@ -36,7 +36,7 @@ from absl import app, flags, logging
 from mtkd import models
 from mtkd.methods import objectives
 from mtkd.stages import teachers
-from mtkd.train import placement, sharding
+from mtkd.train import optim, placement, sharding
 from mtkd.train import step as step_lib
 
 PAIRS = {  # name: (teacher model, student model)
@@ -72,7 +72,7 @@ def _build(pair: str, dtype: str = "float32"):
   teacher = models.build(ml_collections.ConfigDict(t_cfg), classes)
   t_params = teacher.init(jax.random.key(1), jnp.zeros((1, *SHAPE)))["params"]
   student = models.Net(models.build(ml_collections.ConfigDict(s_cfg), classes))
-  tx = step_lib.make_optimizer(ml_collections.ConfigDict(
+  tx = optim.make_optimizer(ml_collections.ConfigDict(
       dict(name="adam", learning_rate=1e-3)))
   rng = np.random.default_rng(0)
   batch = {"inputs": rng.random((BATCH, *SHAPE), np.float32),

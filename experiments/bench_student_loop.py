@@ -29,7 +29,7 @@ from absl import app, flags, logging
 from mtkd import models
 from mtkd.data import datasets, streams
 from mtkd.methods import objectives
-from mtkd.train import placement, sharding
+from mtkd.train import optim, placement, sharding
 from mtkd.train import step as step_lib
 from mtkd.train.loop import accumulate
 
@@ -60,7 +60,7 @@ def main(argv: Sequence[str]) -> None:
                 for t in tasks)
   model = models.build(ml_collections.ConfigDict(
       dict(name="mlp", hidden=(128,))), {t: 10 for t in tasks})
-  tx = step_lib.make_optimizer(ml_collections.ConfigDict(
+  tx = optim.make_optimizer(ml_collections.ConfigDict(
       dict(name="adam", learning_rate=1e-3)))
   place = placement.Jit(sharding.make_mesh(devices=jax.devices()[:1]))
   net = models.Net(model)

@@ -14,6 +14,7 @@ import ml_collections
 
 from mtkd.methods.objectives import OBJECTIVES
 from mtkd.methods.weighting import WEIGHTINGS
+from mtkd.train import optim
 
 
 def plugin_blocks(registry) -> dict[str, ml_collections.ConfigDict]:
@@ -29,6 +30,24 @@ def plugin_blocks(registry) -> dict[str, ml_collections.ConfigDict]:
       raise ValueError(f"Plug-ins disagree on the defaults of {key!r}.")
     out[key] = ml_collections.ConfigDict(block)
   return out
+
+
+def optimizer(name: str = "adam", learning_rate: float = 1e-3,
+              **kwargs) -> dict:
+  """An optimizer block with every recipe key (`mtkd.train.optim`), so any
+  can be overridden from the command line; `kwargs` go to the optimizer
+  (sgd: momentum, nesterov; adam: b1, b2, eps; ...)."""
+  return dict(name=name, learning_rate=learning_rate,
+              schedule=dict(optim.SCHEDULE_DEFAULTS),
+              weight_decay=0.0,   # On kernels and embeddings only.
+              clip_norm=0.0,      # > 0: clip the gradient's global norm.
+              **kwargs)
+
+
+def recipe() -> dict:
+  """Training-recipe keys every part (teacher, student, source) has."""
+  return dict(label_smoothing=0.0,  # Of the label loss.
+              accumulate=1)         # Micro-batches per step (same update).
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -58,7 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher = ml_collections.ConfigDict(dict(
       kind="single",      # 'single': one teacher per task; 'multi': one.
       model=dict(name="patch_cnn", channels=(32, 64), dense=256),
-      optimizer=dict(name="adam", learning_rate=1e-3),
+      optimizer=optimizer(),
       steps=938,          # 2 epochs of 60k at batch 128.
       batch_size=128,
       workdir="",         # Re-use teachers and caches from another workdir.
@@ -66,11 +85,12 @@ def base_config() -> ml_collections.ConfigDict:
       models={},          # Per-teacher architecture overrides: {name: model}.
       init="",            # 'source': start from the source model's trunk.
       augment=dict(max_shift=0, noise=0.0),
+      **recipe(),
   ))
 
   c.student = ml_collections.ConfigDict(dict(
       model=dict(name="mlp", hidden=(128,)),
-      optimizer=dict(name="adam", learning_rate=1e-3),
+      optimizer=optimizer(),
       steps=1500,         # Default step count of each student stage.
       batch_size=128,
       augment=dict(max_shift=0, noise=0.0),  # In-step augmentation.
@@ -80,6 +100,8 @@ def base_config() -> ml_collections.ConfigDict:
       # teacher_mode ('cached'/'online')}}. The baseline (labels only, the
       # stages' total steps) always runs first.
       stages=dict(student=dict(objective="distill")),
+      ema=0.0,            # > 0: also evaluate an EMA of the parameters.
+      **recipe(),
   ))
 
   # Loss per task: alpha*T^2*KL + (1-alpha)*CE on labelled examples, T^2*KL
@@ -111,9 +133,10 @@ def base_config() -> ml_collections.ConfigDict:
       data=dict(name="fashion_mnist", dir="", path="", max_train=0,
                 max_test=0),
       model=dict(name="mlp", hidden=(128,)),
-      optimizer=dict(name="adam", learning_rate=1e-3),
+      optimizer=optimizer(),
       steps=0,
       batch_size=128,
+      **recipe(),
   ))
 
   c.baseline = True  # Also train the labels-only baseline (same budget).

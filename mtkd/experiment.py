@@ -51,7 +51,7 @@ def run(config, workdir: str, allow_config_change: bool = False,
     init = stage_plan["init"]
     init_from = source if init == "source" else exported.get(init)
     stage = StudentStage(r, name, stage_plan, model, t, data, init_from)
-    exported[name] = timed(timings, name, stage, r)
+    exported.update(timed(timings, name, stage, r))
 
   results = report.evaluate(r, model, exported, t)
   summary = report.summarize(results, r.specs, list(exported))

@@ -120,9 +120,9 @@ def toy_job(toy_tasks):
   from mtkd import models
   from mtkd.methods.objectives import OBJECTIVES
   from mtkd.train.loop import TrainJob
-  from mtkd.train.step import make_optimizer
+  from mtkd.train.optim import make_optimizer
 
-  def make(tmp_path, stream, name="s", model=None):
+  def make(tmp_path, stream, name="s", model=None, **job):
     model = models.build(ml_collections.ConfigDict(
         model or dict(name="mlp", hidden=(8,))), {"a": 3, "b": 2})
     return TrainJob(
@@ -132,5 +132,5 @@ def toy_job(toy_tasks):
         objective=OBJECTIVES.get("supervised")(), tasks=toy_tasks,
         stream=stream, num_steps=10, batch_size=8, seed=3,
         input_shape=(6, 6, 1), config={"lr": 1e-2}, log_every=2,
-        checkpoint_every=3)
+        checkpoint_every=3, **job)
   return make

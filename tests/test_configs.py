@@ -10,7 +10,7 @@ import pytest
 from mtkd import models
 from mtkd.methods import objectives, weighting
 from mtkd.stages import plan, teachers
-from mtkd.train import step as step_lib
+from mtkd.train import optim
 
 CONFIGS = sorted(glob.glob(os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
@@ -36,7 +36,7 @@ def test_config_loads_and_references_registered_components(path, arg):
   assert c.teacher.kind in teachers.LAYOUTS
   for part in (c.teacher, c.student):
     assert part.model.name in models.TRUNKS
-    assert part.optimizer.name in step_lib.OPTIMIZERS
+    assert part.optimizer.name in optim.OPTIMIZERS
   # Every plug-in builds from its own settings block (validated there).
   for s in plan.student_stages(c).values():
     objectives.build(s["objective"], c)

@@ -15,7 +15,7 @@ from mtkd.data import streams
 from mtkd.errors import UserError
 from mtkd.methods import objectives
 from mtkd.store import layout
-from mtkd.train import placement, sharding
+from mtkd.train import optim, placement, sharding
 from mtkd.train import step as step_lib
 from mtkd.train.loop import TrainJob, fit
 from mtkd.train.prefetch import prefetch_to_device
@@ -37,7 +37,7 @@ def _setup(place, model_cfg=None):
   model = models.build(ml_collections.ConfigDict(
       model_cfg or dict(name="patch_cnn", channels=(4,), dense=64)),
       {"a": 3, "b": 2})
-  tx = step_lib.make_optimizer(ml_collections.ConfigDict(
+  tx = optim.make_optimizer(ml_collections.ConfigDict(
       dict(name="adam", learning_rate=1e-2)))
   net = models.Net(model)
   state = place.init(step_lib.make_init(net, tx, (6, 6, 1)),
@@ -170,16 +170,17 @@ def _crash_once_at(stream, step: int):
   return crash
 
 
-@pytest.mark.parametrize("prefetch,model", [(0, None), (2, None),
-                                            (0, BATCHNORM)],
-                         ids=["mlp", "mlp-prefetch", "batchnorm"])
-def test_fit_resumes_exactly_after_a_crash(tmp_path, prefetch, model,
+@pytest.mark.parametrize("prefetch,model,job", [
+    (0, None, {}), (2, None, {}),
+    (0, BATCHNORM, dict(accumulate=2, ema=0.9))],
+                         ids=["mlp", "mlp-prefetch", "batchnorm-acc-ema"])
+def test_fit_resumes_exactly_after_a_crash(tmp_path, prefetch, model, job,
                                            monkeypatch, toy_split, toy_job,
                                            one_device_mesh):
   """Crash at step 7, resume from checkpoint 6: same parameters (and
-  BatchNorm statistics) and logged metrics as a straight run. With
-  `prefetch`, the batches come through `prefetch_to_device` and the error
-  is raised in its thread."""
+  BatchNorm statistics, the EMA, with accumulation) and logged metrics as
+  a straight run. With `prefetch`, the batches come through
+  `prefetch_to_device` and the error is raised in its thread."""
   from mtkd.train import loop
   made = []
 
@@ -191,10 +192,10 @@ def test_fit_resumes_exactly_after_a_crash(tmp_path, prefetch, model,
   place = placement.Jit(one_device_mesh)
   split = toy_split()
   stream = streams.train_stream(split, split.labels, 8, seed=0)
-  straight = fit(toy_job(tmp_path, stream, "straight", model), place)
+  straight = fit(toy_job(tmp_path, stream, "straight", model, **job), place)
   stage = dataclasses.replace(
       toy_job(tmp_path, stream.map(_crash_once_at(stream, 7)), "resumed",
-              model),
+              model, **job),
       prefetch=prefetch)
   with pytest.raises(_Interrupt):
     fit(stage, place)
@@ -209,7 +210,7 @@ def test_fit_resumes_exactly_after_a_crash(tmp_path, prefetch, model,
   # A finished stage is restored, not retrained, and a changed config refused.
   again = fit(stage, place)
   assert int(again.step) == 10
-  changed = toy_job(tmp_path, stream, "resumed", model)
+  changed = toy_job(tmp_path, stream, "resumed", model, **job)
   changed = TrainJob(**{**changed.__dict__, "config": {"lr": 1.0}})
   with pytest.raises(UserError, match="differing keys: lr"):
     fit(changed, place)

@@ -105,22 +105,34 @@ def regression_kd(student: jax.Array, teacher: jax.Array) -> jax.Array:
   return jnp.mean((_f32(student) - jnp.mean(_f32(teacher), axis=1)) ** 2, -1)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Softmax cross-entropy with integer labels; labels < 0 give 0."""
+def cross_entropy(logits: jax.Array, labels: jax.Array,
+                  smoothing: float = 0.0) -> jax.Array:
+  """Softmax cross-entropy with integer labels; labels < 0 give 0.
+
+  With label smoothing e (Szegedy et al. 2016, as PyTorch's
+  `label_smoothing`): the target is (1 - e) onehot + e / C, so the loss is
+  (1 - e) NLL + e mean_c(-log p_c).
+  """
   logp = jax.nn.log_softmax(_f32(logits), axis=-1)
   safe = jnp.maximum(labels, 0)
   nll = -jnp.take_along_axis(logp, safe[:, None], axis=-1)[:, 0]
+  if smoothing:
+    nll = (1.0 - smoothing) * nll - smoothing * jnp.mean(logp, axis=-1)
   return jnp.where(labels >= 0, nll, 0.0)
 
 
-def binary_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+def binary_cross_entropy(logits: jax.Array, labels: jax.Array,
+                         smoothing: float = 0.0) -> jax.Array:
   """sum_l sigmoid BCE for `[B, L]` labels in [0, 1]; any label < 0 -> 0.
 
   A row with a missing label is dropped whole, matching a per-example mask.
+  Label smoothing e moves each 0/1 target to e/2 / 1 - e/2.
   """
   x, y = _f32(logits), _f32(labels)
   missing = jnp.any(y < 0, axis=-1)
   y = jnp.where(y < 0, 0.0, y)
+  if smoothing:
+    y = y * (1.0 - smoothing) + 0.5 * smoothing
   bce = -(y * jax.nn.log_sigmoid(x) + (1.0 - y) * jax.nn.log_sigmoid(-x))
   return jnp.where(missing, 0.0, jnp.sum(bce, axis=-1))
 

@@ -161,7 +161,7 @@ class Objective:
     k = kind(task)
     labels = batch["labels"][task.name]
     labelled = batch["mask"] * k.labelled(labels)
-    sup = k.loss(logits, labels)
+    sup = k.loss(logits, labels, task.label_smoothing)
     metrics[f"{prefix}{task.name}/{k.score_name}"] = _pair(
         k.score(logits, labels), labelled)
     metrics[f"{prefix}{task.name}/sup"] = _pair(sup, labelled)

@@ -37,6 +37,7 @@ class TaskSpec:
   temperature: float = 1.0
   alpha: float = 0.5
   kind: str = "classification"
+  label_smoothing: float = 0.0  # Of the label loss (classes, multi-label).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +45,8 @@ class Kind:
   """The functions one task kind needs; see the module docstring."""
   name: str
   labelled: Callable[[jax.Array], jax.Array]        # labels -> [B] bool
-  loss: Callable[[jax.Array, jax.Array], jax.Array]  # outputs, labels -> [B]
+  # outputs, labels, label smoothing -> [B]
+  loss: Callable[[jax.Array, jax.Array, float], jax.Array]
   kd: Callable[[jax.Array, jax.Array, float], jax.Array]  # s, [B,K,.], T
   score: Callable[[jax.Array, jax.Array], jax.Array]  # train metric [B]
   score_name: str
@@ -151,7 +153,7 @@ KINDS.register("multilabel")(Kind(
 
 KINDS.register("regression")(Kind(
     name="regression", labelled=_regression_labelled,
-    loss=losses.squared_error,
+    loss=lambda p, y, smoothing: losses.squared_error(p, y),
     kd=lambda s, t, temperature: losses.regression_kd(s, t),
     score=lambda p, y: -losses.squared_error(p, y), score_name="neg_mse",
     evaluate=_eval_regression, agreement=_agree_regression,

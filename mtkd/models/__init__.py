@@ -9,7 +9,17 @@ May import: the top-level base modules (`errors`, `registry`) and
 `mtkd.store` (fingerprints).
 """
 
-from mtkd.models import cnn, mlp, resnet, text  # noqa: F401  (registers)
+from mtkd.models import (  # noqa: F401  (registers)
+  cnn,
+  imagenet_resnet,
+  mlp,
+  mobilenet,
+  resnet,
+  text,
+  transformer,
+  vgg,
+  vit,
+)
 from mtkd.models.base import (
   TRUNKS,
   MultiHead,

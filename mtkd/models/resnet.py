@@ -25,22 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from mtkd.models.base import TRUNKS
-
-_PAD = ((1, 1), (1, 1))  # PyTorch's padding=1 for every 3x3 convolution.
-
-
-def _norm(train: bool, axis_name: str | None, dtype: str) -> nn.Module:
-  """BatchNorm as PyTorch's (momentum 0.1, eps 1e-5); in training, over
-  `axis_name` too (the global batch under pmap)."""
-  return functools.partial(
-      nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-      dtype=dtype, axis_name=axis_name if train else None)
-
-
-def _images(x: jax.Array, name: str) -> jax.Array:
-  if x.ndim != 4:
-    raise ValueError(f"{name} needs images [B, H, W, C], got {x.shape}.")
-  return x
+from mtkd.models.layers import PAD, batch_norm, images
 
 
 class BasicBlock(nn.Module):
@@ -54,9 +39,9 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    y = conv(self.width, (3, 3), self.stride, padding=_PAD)(x)
+    y = conv(self.width, (3, 3), self.stride, padding=PAD)(x)
     y = nn.relu(self.norm()(y))
-    y = self.norm()(conv(self.width, (3, 3), padding=_PAD)(y))
+    y = self.norm()(conv(self.width, (3, 3), padding=PAD)(y))
     if self.stride != 1 or x.shape[-1] != self.width:
       x = self.norm()(conv(self.width, (1, 1), self.stride)(x))
     return nn.relu(x + y)
@@ -74,9 +59,9 @@ class CifarResNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False):
     if (self.depth - 2) % 6:
       raise ValueError(f"cifar_resnet depth {self.depth}: use 6n + 2.")
-    x = _images(x, "cifar_resnet").astype(self.dtype)
-    norm = _norm(train, self.axis_name, self.dtype)
-    x = nn.Conv(self.widths[0], (3, 3), padding=_PAD, use_bias=False,
+    x = images(x, "cifar_resnet").astype(self.dtype)
+    norm = batch_norm(train, self.axis_name, self.dtype)
+    x = nn.Conv(self.widths[0], (3, 3), padding=PAD, use_bias=False,
                 dtype=self.dtype)(x)
     x = nn.relu(norm()(x))
     blocks = {}
@@ -101,11 +86,11 @@ class WideBlock(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
     pre = nn.relu(self.norm()(x))
-    y = conv(self.width, (3, 3), self.stride, padding=_PAD)(pre)
+    y = conv(self.width, (3, 3), self.stride, padding=PAD)(pre)
     y = nn.relu(self.norm()(y))
     if self.dropout:
       y = nn.Dropout(self.dropout, deterministic=not train)(y)
-    y = conv(self.width, (3, 3), padding=_PAD)(y)
+    y = conv(self.width, (3, 3), padding=PAD)(y)
     if x.shape[-1] != self.width:
       x = conv(self.width, (1, 1), self.stride)(pre)
     return x + y
@@ -124,9 +109,9 @@ class WideResNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False):
     if (self.depth - 4) % 6:
       raise ValueError(f"wide_resnet depth {self.depth}: use 6n + 4.")
-    x = _images(x, "wide_resnet").astype(self.dtype)
-    norm = _norm(train, self.axis_name, self.dtype)
-    x = nn.Conv(16, (3, 3), padding=_PAD, use_bias=False, dtype=self.dtype)(x)
+    x = images(x, "wide_resnet").astype(self.dtype)
+    norm = batch_norm(train, self.axis_name, self.dtype)
+    x = nn.Conv(16, (3, 3), padding=PAD, use_bias=False, dtype=self.dtype)(x)
     blocks = {}
     for i, width in enumerate((16 * self.widen, 32 * self.widen,
                                64 * self.widen)):

@@ -17,8 +17,8 @@ from mtkd.methods.tasks import TaskSpec
 from mtkd.models import TRUNKS
 from mtkd.stages import teachers
 from mtkd.store import cache
-from mtkd.train import sharding
-from mtkd.train.step import OPTIMIZERS
+from mtkd.train import optim, sharding
+from mtkd.train.optim import OPTIMIZERS
 
 STAGE_DEFAULTS = dict(objective="distill", steps=-1, data="all", init="",
                       init_parts="trunk", freeze="", teacher_mode="cached")
@@ -77,10 +77,9 @@ def check_config(config, ds: Dataset, mesh) -> tuple[TaskSpec, ...]:
   for part in ("teacher", "student"):
     c = config[part]
     TRUNKS.get(c.model.name)  # Unknown names fail here, not mid-run.
-    OPTIMIZERS.get(c.optimizer.name)
-    sharding.check_batch_size(c.batch_size, mesh, f"config.{part}.batch_size")
     if c.steps <= 0:
       raise UserError(f"config.{part}.steps is {c.steps}; it must be > 0.")
+    _check_recipe(c, f"config.{part}", mesh)
   weighting.build(config, [s.name for s in specs],
                   weights={s.name: s.weight for s in specs})
   _check_stages(config, specs)
@@ -102,6 +101,24 @@ def check_config(config, ds: Dataset, mesh) -> tuple[TaskSpec, ...]:
     raise UserError(f"config.data.num_labeled={n} exceeds the {len(ds.train)} "
                     "training examples; use -1 for all labels.")
   return specs
+
+
+def _check_recipe(c, where: str, mesh) -> None:
+  """Optimizer, schedule, label smoothing, accumulation, EMA of a part."""
+  OPTIMIZERS.get(c.optimizer.name)
+  optim.make_optimizer(c.optimizer, total_steps=c.steps)  # Raises if bad.
+  if not 0 <= c.get("label_smoothing", 0.0) < 1:
+    raise UserError(f"{where}.label_smoothing is {c.label_smoothing}; use a "
+                    "value in [0, 1).")
+  accumulate = c.get("accumulate", 1)
+  if not (isinstance(accumulate, int) and accumulate >= 1):
+    raise UserError(f"{where}.accumulate is {accumulate!r}; use an integer "
+                    ">= 1 (micro-batches per step).")
+  if not 0 <= c.get("ema", 0.0) < 1:
+    raise UserError(f"{where}.ema is {c.ema}; use a decay in [0, 1) (0: no "
+                    "EMA).")
+  sharding.check_batch_size(c.batch_size, mesh, f"{where}.batch_size",
+                            accumulate)
 
 
 def _check_tasks(config, ds: Dataset) -> tuple[TaskSpec, ...]:
@@ -149,6 +166,33 @@ def _check_stages(config, specs: tuple[TaskSpec, ...]) -> None:
     if s["init"] == "source" and config.source.steps <= 0:
       raise UserError(f"{where}.init='source' needs a source model: set "
                       "config.source.steps > 0 and config.source.data.")
+
+
+# Recipe settings at their no-op values: left out of resume fingerprints, so
+# a run written before a setting existed still resumes.
+NEUTRAL = {"label_smoothing": 0.0, "accumulate": 1, "ema": 0.0,
+           "weight_decay": 0.0, "clip_norm": 0.0}
+
+
+def part_settings(cfg, drop: tuple[str, ...] = ()) -> dict:
+  """`config.<part>` (teacher, student, source) as it counts for a resume:
+  without the keys in `drop` and without recipe keys at their no-op
+  values (a constant schedule's other settings included)."""
+  def keep(d: dict) -> dict:
+    return {k: v for k, v in d.items()
+            if k not in drop and not (k in NEUTRAL and v == NEUTRAL[k])}
+  out = keep(configs_util.to_dict(cfg))
+  if isinstance(out.get("optimizer"), dict):
+    opt = keep(out["optimizer"])
+    if opt.get("schedule", {}).get("name", "constant") == "constant":
+      opt.pop("schedule", None)
+    out["optimizer"] = opt
+  return out
+
+
+def steps_per_epoch(rows: int, batch_size: int) -> float:
+  """What a schedule's 'epochs' mean for a stage: rows / global batch."""
+  return max(rows, 1) / batch_size
 
 
 def feature_layer(config) -> str:

@@ -4,14 +4,15 @@ learning). Runs when `config.source.steps > 0`."""
 
 import functools
 
-from mtkd import configs_util, models
+from mtkd import models
 from mtkd.data import datasets, streams
 from mtkd.errors import UserError
 from mtkd.methods.objectives import OBJECTIVES
 from mtkd.methods.tasks import TaskSpec
 from mtkd.stages.base import Run, Stage
+from mtkd.stages.plan import part_settings, steps_per_epoch
 from mtkd.store.layout import SOURCE
-from mtkd.train.step import make_optimizer
+from mtkd.train.optim import make_optimizer
 
 
 class SourceStage(Stage):
@@ -32,7 +33,7 @@ class SourceStage(Stage):
     return [r.layout.stage(SOURCE)]
 
   def settings(self, r: Run) -> dict:
-    return {"source": configs_util.to_dict(self.config),
+    return {"source": part_settings(self.config),
             "seed": r.config.seed,
             "dataset_fingerprint": self.data.train.fingerprint()}
 
@@ -43,14 +44,18 @@ class SourceStage(Stage):
       raise UserError(f"config.source.data gives inputs {src.input_shape} "
                       f"but the target data {r.ds.input_shape}; a "
                       "transferred trunk needs the same input shape.")
-    specs = tuple(TaskSpec(t, src.num_classes[t], kind=src.kind(t))
+    specs = tuple(TaskSpec(t, src.num_classes[t], kind=src.kind(t),
+                           label_smoothing=c.label_smoothing)
                   for t in src.tasks)
+    tx = make_optimizer(c.optimizer, total_steps=c.steps,
+                        steps_per_epoch=steps_per_epoch(len(src.train),
+                                                        c.batch_size))
     state = r.fit(
         SOURCE, self.writes(r)[0],
-        net=models.Net(models.build(c.model, src.num_classes)),
-        tx=make_optimizer(c.optimizer), objective=OBJECTIVES.get(
-            "supervised")(), tasks=specs,
+        net=models.Net(models.build(c.model, src.num_classes)), tx=tx,
+        objective=OBJECTIVES.get("supervised")(), tasks=specs,
         stream=streams.train_stream(src.train, src.train.labels,
                                     c.batch_size, r.config.seed),
-        num_steps=c.steps, batch_size=c.batch_size, config=self.settings(r))
+        num_steps=c.steps, batch_size=c.batch_size, config=self.settings(r),
+        accumulate=c.accumulate)
     return models.export(state.variables)

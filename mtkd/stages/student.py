@@ -22,8 +22,9 @@ from mtkd.methods import objectives, weighting
 from mtkd.models.masks import last_trunk_layer_mask, transplant, trunk_mask
 from mtkd.stages import caching
 from mtkd.stages.base import Run, Stage
+from mtkd.stages.plan import part_settings, steps_per_epoch
 from mtkd.stages.teachers import Teachers
-from mtkd.train.step import make_optimizer
+from mtkd.train.optim import make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,9 @@ class StudentStage(Stage):
                teachers: Teachers, data: StudentData, init_from=None):
     self.name, self.plan, self.teachers, self.data = name, plan, teachers, data
     self.init_from = init_from
+    smoothing = r.config.student.label_smoothing
+    self.specs = tuple(dataclasses.replace(s, label_smoothing=smoothing)
+                       for s in r.specs)
     objective = objectives.build(plan["objective"], r.config)
     self.needs = objective.needs
     self.adaptors = self._adaptors(r, teachers)
@@ -69,8 +73,8 @@ class StudentStage(Stage):
         model, feature_layer=self.needs.student_layer if self.adaptors else "",
         adaptors=self.adaptors, peers=self.needs.peers)
     self.online = self.needs.teachers and plan["teacher_mode"] == "online"
-    names = self.objective.term_names(r.specs)
-    self.weights = {s.name: s.weight for s in r.specs}
+    names = self.objective.term_names(self.specs)
+    self.weights = {s.name: s.weight for s in self.specs}
     self.weights.update(self.objective.term_weights())
     self.weighting = weighting.build(r.config, names, trunk_mask,
                                      last_trunk_layer_mask, self.weights)
@@ -114,11 +118,10 @@ class StudentStage(Stage):
     kd_keys = () if needs.teacher_logits else ("temperature", "alpha")
     out = dict(
         r.common, stage=self.plan,
-        student={k: v for k, v in configs_util.to_dict(c.student).items()
-                 if k != "stages"},
+        student=part_settings(c.student, drop=("stages",)),
         num_labeled=c.data.num_labeled, label_seed=c.data.label_seed,
         tasks=[{k: v for k, v in dataclasses.asdict(s).items()
-                if k not in kd_keys} for s in r.specs],
+                if k not in kd_keys} for s in self.specs],
         weighting={"name": c.weighting.name, "weights": self.weights,
                    "settings": vars(self.weighting.settings)},
         augment=configs_util.to_dict(c.student.augment))
@@ -145,8 +148,10 @@ class StudentStage(Stage):
     return lambda v: transplant(v, self.init_from, self.plan["init_parts"],
                                 where)
 
-  def run(self, r: Run):
-    """Returns the exported model's variables (`models.export`)."""
+  def run(self, r: Run) -> dict[str, dict]:
+    """`{name: exported variables}` (`models.export`), and with
+    `config.student.ema`, `{name}_ema`: the parameters' EMA with the
+    model's running statistics, evaluated as a model of its own."""
     c, t, needs = r.config, self.teachers, self.needs
     join = teacher_fn = None
     if needs.teachers and not self.online:
@@ -156,23 +161,31 @@ class StudentStage(Stage):
     teacher_params = t.params if self.online else None
     wfn = self.weighting
 
+    ema = c.student.ema
+
     def extra(params):
       out = {"weighting": wfn.init(params)}
       if teacher_params is not None:
         out["teachers"] = teacher_params
       return out
 
-    batch = c.student.batch_size
+    batch, rows = c.student.batch_size, self.data.rows[self.plan["data"]]
     frozen = trunk_mask if self.plan["freeze"] == "trunk" else None
+    tx = make_optimizer(c.student.optimizer, frozen, self.plan["steps"],
+                        steps_per_epoch(len(r.ds.train) if rows is None
+                                        else len(rows), batch))
     state = r.fit(
-        self.name, self.writes(r)[0], net=self.net,
-        tx=make_optimizer(c.student.optimizer, frozen),
-        objective=self.objective, tasks=r.specs,
+        self.name, self.writes(r)[0], net=self.net, tx=tx,
+        objective=self.objective, tasks=self.specs,
         stream=streams.train_stream(r.ds.train, self.data.labels, batch,
-                                    c.seed, rows=self.data.rows[
-                                        self.plan["data"]], join=join),
+                                    c.seed, rows=rows, join=join),
         num_steps=self.plan["steps"], batch_size=batch,
         config=self.settings(r), weighting=wfn,
         augment=augment.make(c.student.get("augment")), teacher=teacher_fn,
-        extra=extra, init_variables=self._init())
-    return models.export(state.variables)
+        extra=extra, init_variables=self._init(),
+        accumulate=c.student.accumulate, ema=ema)
+    out = {self.name: models.export(state.variables)}
+    if ema:
+      out[f"{self.name}_ema"] = models.export(
+          dict(state.variables, params=state.extra["ema"]))
+    return out

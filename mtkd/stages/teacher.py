@@ -3,14 +3,15 @@ every labelled training example of its tasks."""
 
 import dataclasses
 
-from mtkd import configs_util, models
+from mtkd import models
 from mtkd.data import augment, streams
 from mtkd.methods.objectives import OBJECTIVES
 from mtkd.models.masks import transplant
 from mtkd.stages.base import Run, Stage
+from mtkd.stages.plan import part_settings, steps_per_epoch
 from mtkd.stages.teachers import Member
 from mtkd.store.layout import SOURCE
-from mtkd.train.step import make_optimizer
+from mtkd.train.optim import make_optimizer
 
 
 class TeacherStage(Stage):
@@ -32,10 +33,9 @@ class TeacherStage(Stage):
   def settings(self, r: Run) -> dict:
     # Not `workdir`: where teachers live does not change them, and runs
     # that share a teacher directory must agree on everything else.
-    c = configs_util.to_dict(r.config.teacher)
     m = self.member
-    return dict(r.common, teacher={k: v for k, v in c.items()
-                                   if k != "workdir"},
+    return dict(r.common, teacher=part_settings(r.config.teacher,
+                                                drop=("workdir",)),
                 model=m.model_cfg, tasks=list(m.tasks), seed=m.seed,
                 source=self._init() is not None)
 
@@ -52,15 +52,18 @@ class TeacherStage(Stage):
     """Returns the exported model's variables (`models.export`)."""
     c, m = r.config.teacher, self.member
     by_name = {s.name: s for s in r.specs}
+    tx = make_optimizer(c.optimizer, total_steps=c.steps,
+                        steps_per_epoch=steps_per_epoch(len(r.ds.train),
+                                                        c.batch_size))
     state = r.fit(
-        self.name, self.writes(r)[0], net=models.Net(self.model(r)),
-        tx=make_optimizer(c.optimizer), objective=OBJECTIVES.get(
-            "supervised")(),
-        tasks=tuple(dataclasses.replace(by_name[t], weight=1.0)
+        self.name, self.writes(r)[0], net=models.Net(self.model(r)), tx=tx,
+        objective=OBJECTIVES.get("supervised")(),
+        tasks=tuple(dataclasses.replace(
+            by_name[t], weight=1.0, label_smoothing=c.label_smoothing)
                     for t in m.tasks),
         stream=streams.train_stream(r.ds.train, r.ds.train.labels,
                                     c.batch_size, m.seed),
         num_steps=c.steps, batch_size=c.batch_size,
         config=self.settings(r), augment=augment.make(c.get("augment")),
-        init_variables=self._init(), seed=m.seed)
+        init_variables=self._init(), seed=m.seed, accumulate=c.accumulate)
     return models.export(state.variables)

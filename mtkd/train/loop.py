@@ -69,6 +69,8 @@ class TrainJob:
   checkpoint_every: int = 1000
   nonfinite: str = "stop"  # 'stop' or 'skip' (the update) on NaN/Inf.
   prefetch: int = 0  # Batches put on device ahead, in a thread; 0 = none.
+  accumulate: int = 1  # Micro-batches per step (`make_train_step`).
+  ema: float = 0.0  # Decay of the parameters' EMA (extra["ema"]); 0 = none.
   allow_config_change: bool = False
 
 
@@ -117,10 +119,10 @@ def fit(job: TrainJob, placement: Placement) -> TrainState:
   """Trains (or resumes, or just restores) a job; returns the final state
   as global arrays in the placement's canonical layout."""
   sharding.check_batch_size(job.batch_size, placement.mesh,
-                            f"{job.name} batch_size")
+                            f"{job.name} batch_size", job.accumulate)
   init_rng, step_rng = jax.random.split(jax.random.key(job.seed))
   state = placement.init(
-      make_init(job.net, job.tx, job.input_shape, job.extra),
+      make_init(job.net, job.tx, job.input_shape, job.extra, job.ema > 0),
       init_rng)
   ckpt = checkpoint.Checkpointer(layout.checkpoints(job.directory))
   ckpt.quarantine_unfinished()
@@ -139,7 +141,8 @@ def fit(job: TrainJob, placement: Placement) -> TrainState:
   step_fn = placement.compile(
       lambda axis_name: make_train_step(
           job.net, job.tx, job.objective, job.tasks, job.weighting,
-          job.num_steps, job.augment, job.teacher, axis_name),
+          job.num_steps, job.augment, job.teacher, axis_name,
+          job.accumulate, job.ema),
       state)
   writer = MetricWriter(layout.logs(job.directory))
   progress = Progress(job.name, job.num_steps, start, job.batch_size)

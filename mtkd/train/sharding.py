@@ -52,12 +52,17 @@ def data_shards(mesh: Mesh) -> int:
   return int(np.prod([mesh.shape[a] for a in batch_axes(mesh)]))
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, what: str) -> None:
-  n = data_shards(mesh)
+def check_batch_size(batch_size: int, mesh: Mesh, what: str,
+                     accumulate: int = 1) -> None:
+  """Each data shard must get whole rows, and the same number of rows from
+  each of `accumulate` micro-batches."""
+  n = data_shards(mesh) * max(accumulate, 1)
   if batch_size <= 0 or batch_size % n:
+    split = (f" x {accumulate} micro-batches" if accumulate > 1 else "")
     raise UserError(
-        f"{what}={batch_size} must be a positive multiple of the {n} data "
-        f"shard(s) of the device mesh. Fix: set {what} to a multiple of {n}.")
+        f"{what}={batch_size} must be a positive multiple of the "
+        f"{data_shards(mesh)} data shard(s) of the device mesh{split}. Fix: "
+        f"set {what} to a multiple of {n}.")
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -1,4 +1,4 @@
-"""Train state, optimizer, and the pure train step.
+"""Train state and the pure train step (optimizers: `mtkd.train.optim`).
 
 `train_step(state, batch, rng) -> (state, metrics)` has no side effects; its
 randomness is `fold_in(rng, state.step)`, so a step is a function of its
@@ -21,12 +21,6 @@ from mtkd.methods import weighting as weighting_lib
 from mtkd.methods.objectives import Context, Objective, TaskSpec, term_means
 from mtkd.methods.weighting import Weighting
 from mtkd.models import flatten, with_axis_name
-from mtkd.registry import Registry
-
-OPTIMIZERS: Registry = Registry("optimizer")
-OPTIMIZERS.register("adam")(optax.adam)
-OPTIMIZERS.register("adamw")(optax.adamw)
-OPTIMIZERS.register("sgd")(optax.sgd)
 
 
 class TrainState(struct.PyTreeNode):
@@ -59,46 +53,35 @@ class TrainState(struct.PyTreeNode):
     return self.replace(params=params, extra=extra)
 
 
-def make_optimizer(cfg, frozen: Callable | None = None
-                   ) -> optax.GradientTransformation:
-  """`{name, learning_rate, **kwargs}` -> optax transform.
-
-  `frozen(params) -> pytree of bools` marks parameters that must not move
-  (e.g. a transferred trunk): their updates are zeroed and the optimizer
-  keeps no moments for them."""
-  kwargs = {k: v for k, v in cfg.items() if k != "name"}
-  tx = OPTIMIZERS.get(cfg.name)(**kwargs)
-  if frozen is None:
-    return tx
-  return optax.multi_transform(
-      {"train": tx, "frozen": optax.set_to_zero()},
-      lambda params: jax.tree.map(lambda f: "frozen" if f else "train",
-                                  frozen(params)))
-
-
 def make_init(net: nn.Module, tx: optax.GradientTransformation,
               input_shape: tuple[int, ...],
-              extra: Callable[[dict], dict] | None = None) -> Callable:
+              extra: Callable[[dict], dict] | None = None,
+              ema: bool = False) -> Callable:
   """`rng -> TrainState` at step 0 (jitted by the placement).
 
-  `extra(params) -> dict` builds the state's non-gradient part."""
+  `extra(params) -> dict` builds the state's non-gradient part; `ema` adds
+  the parameters' EMA, starting at the initial parameters."""
   def init(rng: jax.Array) -> TrainState:
     variables = dict(net.init(rng, jnp.zeros((1, *input_shape)), train=False))
     params = variables.pop("params")
     state = dict(extra(params) if extra else {})
     if variables:
       state["model_state"] = variables
+    if ema:  # A copy: an output aliasing `params` could not be donated.
+      state["ema"] = jax.tree.map(lambda p: p * 1.0, params)
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
                       state)
   return init
 
 
 def _apply(tx: optax.GradientTransformation, state: TrainState,
-           loss: jax.Array, grads, wstate, model_state
+           loss: jax.Array, grads, wstate, model_state, ema: float = 0.0
            ) -> tuple[TrainState, dict]:
   """The optimizer update, or no update at all when the loss or gradients
   are not finite (the loop then stops or goes on by config.nonfinite), so
-  checkpoints never hold NaNs. Returns the new state and step metrics."""
+  checkpoints never hold NaNs. With `ema`, `extra["ema"]` follows the
+  parameters: ema <- ema * e + params * (1 - e). Returns the new state and
+  step metrics."""
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -113,6 +96,10 @@ def _apply(tx: optax.GradientTransformation, state: TrainState,
     extra["weighting"] = wstate
   if model_state:
     extra["model_state"] = model_state
+  if ema:
+    extra["ema"] = jax.tree.map(
+        lambda e, p: jnp.where(finite, ema * e + (1.0 - ema) * p, e),
+        state.extra["ema"], params)
   one = jnp.ones((), jnp.float32)
   return TrainState(state.step + 1, params, opt_state, extra), {
       "loss": (loss, one), "grad_norm": (grad_norm, one),
@@ -130,12 +117,58 @@ def _forward(net: nn.Module, params, model_state: dict, inputs, rng):
   return out, dict(updated)
 
 
+def _objective_terms(net: nn.Module, objective: Objective,
+                     tasks: tuple[TaskSpec, ...], accumulate: int) -> Callable:
+  """`(params, model_state, inputs, batch, rng, ctx) -> (terms, metrics,
+  model_state)` on a batch.
+
+  With `accumulate` k > 1 the batch runs as k micro-batches (row i*k + m in
+  micro-batch m, so each device's rows spread evenly) in a rematerialised
+  scan: terms and metrics are (sum, count) pairs summed over them, so the
+  gradient is the whole batch's (exact for models without BatchNorm, which
+  sees micro-batch statistics, as in PyTorch's gradient accumulation) while
+  only one micro-batch's activations are alive at a time."""
+  def one(params, model_state, inputs, batch, rng, ctx):
+    out, model_state = _forward(net, params, model_state, inputs, rng)
+    terms, metrics = objective(out, batch, tasks, ctx)
+    return terms, metrics, model_state
+
+  if accumulate == 1:
+    return one
+
+  def split(x):
+    return x.reshape(x.shape[0] // accumulate, accumulate,
+                     *x.shape[1:]).swapaxes(0, 1)
+
+  def accumulated(params, model_state, inputs, batch, rng, ctx):
+    rest = {k: v for k, v in batch.items() if k != "inputs"}
+    xs = jax.tree.map(split, (inputs, rest))
+    keys = jax.random.split(rng, accumulate)
+    first = jax.tree.map(lambda x: x[0], xs)
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(
+        lambda: one(params, model_state, *first, keys[0], ctx)[:2]))
+
+    def body(carry, x):
+      sums, metrics, state = carry
+      (inp, b), key = x
+      t, m, state = one(params, state, inp, b, key, ctx)
+      return (jax.tree.map(jnp.add, sums, t),
+              jax.tree.map(jnp.add, metrics, m), state), None
+
+    (terms, metrics, model_state), _ = lax.scan(
+        jax.checkpoint(body), (*zeros, model_state), (xs, keys))
+    return terms, metrics, model_state
+
+  return accumulated
+
+
 def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
                     objective: Objective, tasks: tuple[TaskSpec, ...],
                     weighting: Weighting | None = None, num_steps: int = 1,
                     augment: Callable | None = None,
                     teacher: Callable | None = None,
-                    axis_name: str | None = None) -> Callable:
+                    axis_name: str | None = None, accumulate: int = 1,
+                    ema: float = 0.0) -> Callable:
   """Builds the pure step `(state, batch, rng) -> (state, metrics)`.
 
   Order inside a step: fold the step (and device) into the key; augment the
@@ -148,10 +181,11 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
   gradients and metrics are summed over the axis, which makes the update
   equal to the one `jit` computes on the whole batch. Dropout and
   augmentation keys are then folded with the device index, so their draws
-  differ from jit's.
+  differ from jit's. `accumulate`: see `_objective_terms`; `ema`: `_apply`.
   """
   names = objective.term_names(tasks)
-  net = with_axis_name(net, axis_name)
+  terms_fn = _objective_terms(with_axis_name(net, axis_name), objective,
+                              tasks, accumulate)
   if weighting is None:
     weighting = weighting_lib.make("fixed", None, names,
                                    weights={t.name: t.weight for t in tasks})
@@ -170,9 +204,8 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
     ctx = Context(state.step, num_steps)
 
     def loss_fn(params):
-      out, model_state = _forward(net, params, state.model_state, inputs,
-                                  drop_rng)
-      terms, metrics = objective(out, batch, tasks, ctx)
+      terms, metrics, model_state = terms_fn(params, state.model_state,
+                                             inputs, batch, drop_rng, ctx)
       return term_means(terms, names, axis_name), (metrics, model_state)
 
     loss, grads, (metrics, model_state), wstate, wmetrics = weighting(
@@ -183,7 +216,8 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
       # Identical already when normalising with cross-device statistics;
       # the mean keeps every replica's copy equal whatever the module does.
       model_state = lax.pmean(model_state, axis_name)
-    state, step_metrics = _apply(tx, state, loss, grads, wstate, model_state)
+    state, step_metrics = _apply(tx, state, loss, grads, wstate, model_state,
+                                 ema)
     return state, dict(metrics, **wmetrics, **step_metrics)
 
   return train_step
