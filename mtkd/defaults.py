@@ -72,6 +72,17 @@ def base_config() -> ml_collections.ConfigDict:
       transfer_set=True,  # Unlabelled rest of train: KD targets only.
       max_train=0,        # > 0 trims the splits (smoke runs).
       max_test=0,
+      val_size=0,         # > 0: hold this many train examples out (val).
+      val_seed=0,
+  ))
+  # Evaluation during training, for every stage and teacher: per-task
+  # metrics logged as eval/<task>/<metric>, and the kept "best" checkpoint
+  # chosen by them (results.json then reports <model>:best beside <model>).
+  c.eval = ml_collections.ConfigDict(dict(
+      every=0,        # > 0: evaluate every `every` `unit`s (and at the end).
+      unit="steps",   # Or 'epochs' (the stage's rows / batch size).
+      split="val",    # 'val' (needs data.val_size) or 'test': choosing the
+                      # best model on test then says so in every table.
   ))
 
   c.teacher = ml_collections.ConfigDict(dict(

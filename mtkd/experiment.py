@@ -54,7 +54,7 @@ def run(config, workdir: str, allow_config_change: bool = False,
     exported.update(timed(timings, name, stage, r))
 
   results = report.evaluate(r, model, exported, t)
-  summary = report.summarize(results, r.specs, list(exported))
+  summary = report.summarize(r, results, list(exported))
   timings["total"] = time.perf_counter() - t_start
   report.write(r, results, summary, timings)
   return results
@@ -74,7 +74,10 @@ def train_teachers(r: Run, source, timings: dict) -> Teachers:
     stage = TeacherStage(m, from_source)
     t.members.append(m)
     t.nets[m.name] = stage.model(r)
-    t.params[m.name] = execute(stage, r)
+    trained = execute(stage, r)
+    t.params[m.name] = trained["last"]
+    if f"{stage.name}:best" in trained:
+      t.best[m.name] = trained[f"{stage.name}:best"]
     caches = execute(CacheStage(m, t.nets[m.name], t.params[m.name],
                                 layer if m.name in feature_members else ""),
                      r)

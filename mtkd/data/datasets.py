@@ -47,6 +47,7 @@ class Dataset:
   test: Split
   num_classes: Mapping[str, int]  # Output size: classes, labels or dims.
   kinds: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  val: Split | None = None  # Held out of train (`config.data.val_size`).
 
   def kind(self, task: str) -> str:
     """'classification' (the default), 'multilabel' or 'regression'."""
@@ -80,7 +81,9 @@ def make_split(x, labels, ids=None) -> Split:
 def validate(ds: Dataset, source: str) -> None:
   """Checks the invariants every stage relies on; raises UserError."""
   tasks = list(ds.num_classes)
-  for name, split in (("train", ds.train), ("test", ds.test)):
+  splits = (("train", ds.train), ("test", ds.test)) + (
+      (("val", ds.val),) if ds.val is not None else ())
+  for name, split in splits:
     where = f"{source} {name} split"
     if len(split) == 0:
       raise UserError(f"The {where} is empty. Fix the data source or "
@@ -153,8 +156,24 @@ def build(cfg) -> Dataset:
     ds = dataclasses.replace(ds, train=ds.train.take(slice(0, cfg.max_train)))
   if cfg.get("max_test", 0):
     ds = dataclasses.replace(ds, test=ds.test.take(slice(0, cfg.max_test)))
+  if cfg.get("val_size", 0):
+    ds = hold_out(ds, int(cfg.val_size), int(cfg.get("val_seed", 0)))
   validate(ds, f"dataset {cfg.name!r}")
   return ds
+
+
+def hold_out(ds: Dataset, size: int, seed: int) -> Dataset:
+  """`ds` with `size` training examples, a seeded uniform sample, moved to
+  a validation split; the rest keep their order (and ids)."""
+  n = len(ds.train)
+  if not 0 < size < n:
+    raise UserError(f"config.data.val_size={size} must lie in (0, {n}): "
+                    "the validation split is carved from the training "
+                    "split.")
+  val = np.zeros(n, bool)
+  val[np.random.default_rng(seed).choice(n, size, replace=False)] = True
+  return dataclasses.replace(ds, train=ds.train.take(np.flatnonzero(~val)),
+                             val=ds.train.take(np.flatnonzero(val)))
 
 
 def label_budget(n: int, num_labeled: int, seed: int) -> np.ndarray:

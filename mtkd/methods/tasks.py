@@ -197,6 +197,19 @@ def evaluate(spec: TaskSpec, outputs: np.ndarray, labels: np.ndarray,
   return out
 
 
+def relative_gain(metrics: dict, reference: dict, specs) -> float:
+  """Delta_m (%) of `{task: metrics}` against `{task: metrics}` of a
+  reference; a reference main metric under 1e-3 in size counts as 1e-3, so
+  a model at exactly 0 accuracy still gives a finite, ordered score."""
+  per_task = []
+  for s in specs:
+    k = kind(s)
+    m, ref = metrics[s.name][k.main], reference[s.name][k.main]
+    sign = 1.0 if k.higher_is_better else -1.0
+    per_task.append(sign * (m - ref) / max(abs(ref), 1e-3))
+  return 100.0 * float(np.mean(per_task))
+
+
 def delta_m(results: dict, specs, model: str, reference: str) -> float | None:
   """Multi-task Delta_m (%) of `model` against `reference`, LibMTL style.
 

@@ -19,8 +19,10 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
+from mtkd import models
 from mtkd.data.datasets import Dataset, Split
 from mtkd.errors import UserError
+from mtkd.methods import tasks
 from mtkd.methods.tasks import TaskSpec
 from mtkd.store.layout import Layout
 from mtkd.train import loop
@@ -40,6 +42,8 @@ class Run:
   ds: Dataset
   specs: tuple[TaskSpec, ...]
   allow_config_change: bool = False
+  # Model name -> the step its evaluations chose as best (`best`).
+  best_steps: dict = dataclasses.field(default_factory=dict)
 
   @functools.cached_property
   def common(self) -> dict:
@@ -61,6 +65,39 @@ class Run:
   def predict(self, model, params, split: Split, layers=()) -> dict:
     return predict(model, params, split, self.config.eval_batch_size,
                    self.mesh, layers)
+
+  @property
+  def eval_split(self) -> tuple[str, Split]:
+    """(name, split) that evaluation during training reads."""
+    name = self.config.eval.split
+    return name, self.ds.val if name == "val" else self.ds.test
+
+  def evaluation(self, model, specs, steps_per_epoch: float) -> dict:
+    """TrainJob fields of evaluation during training (none when off):
+    `evaluate(state) -> {task: metrics}` of the exported model on the
+    evaluation split, and the cadence in steps."""
+    c = self.config.eval
+    if not c.every:
+      return {}
+    _, split = self.eval_split
+
+    def evaluate(state) -> dict:
+      out = self.predict(model, models.export(state.variables), split)
+      return {s.name: tasks.evaluate(s, out[s.name], split.labels[s.name])
+              for s in specs}
+    every = (max(1, round(c.every * steps_per_epoch)) if c.unit == "epochs"
+             else int(c.every))
+    return {"evaluate": evaluate, "eval_every": every}
+
+  def best(self, name: str, directory: str, state) -> dict:
+    """`{f"{name}:best": exported variables}` of the job's checkpoint its
+    evaluations scored best (recorded in `best_steps`), or {} when it was
+    not evaluated during training."""
+    if not self.config.eval.every:
+      return {}
+    step, best = loop.best_state(directory, state)
+    self.best_steps[name] = step
+    return {f"{name}:best": models.export(best.variables)}
 
 
 class Stage(abc.ABC):

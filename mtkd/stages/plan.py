@@ -93,6 +93,7 @@ def check_config(config, ds: Dataset, mesh) -> tuple[TaskSpec, ...]:
     raise UserError(f"config.nonfinite is {config.nonfinite!r}; use 'stop' or "
                     "'skip'.")
   cache.storage_meta(config.cache.dtype, config.cache.top_k, ["logits"])
+  _check_eval(config, ds)
   n = config.data.num_labeled
   if n == 0 or n < -1:
     raise UserError(f"config.data.num_labeled is {n}; use a positive count, "
@@ -101,6 +102,23 @@ def check_config(config, ds: Dataset, mesh) -> tuple[TaskSpec, ...]:
     raise UserError(f"config.data.num_labeled={n} exceeds the {len(ds.train)} "
                     "training examples; use -1 for all labels.")
   return specs
+
+
+def _check_eval(config, ds: Dataset) -> None:
+  c = config.eval
+  if not (isinstance(c.every, int | float) and c.every >= 0):
+    raise UserError(f"config.eval.every is {c.every!r}; use >= 0 (0: no "
+                    "evaluation during training).")
+  if c.unit not in ("steps", "epochs"):
+    raise UserError(f"config.eval.unit is {c.unit!r}; use 'steps' or "
+                    "'epochs'.")
+  if c.split not in ("val", "test"):
+    raise UserError(f"config.eval.split is {c.split!r}; use 'val' or 'test'.")
+  if c.every and c.split == "val" and ds.val is None:
+    raise UserError("config.eval.split='val' needs a validation split: set "
+                    "config.data.val_size > 0 (examples held out of train), "
+                    "or choose on the test split with config.eval.split="
+                    "'test' (the tables then say so).")
 
 
 def _check_recipe(c, where: str, mesh) -> None:

@@ -171,9 +171,9 @@ class StudentStage(Stage):
 
     batch, rows = c.student.batch_size, self.data.rows[self.plan["data"]]
     frozen = trunk_mask if self.plan["freeze"] == "trunk" else None
-    tx = make_optimizer(c.student.optimizer, frozen, self.plan["steps"],
-                        steps_per_epoch(len(r.ds.train) if rows is None
-                                        else len(rows), batch))
+    spe = steps_per_epoch(len(r.ds.train) if rows is None else len(rows),
+                          batch)
+    tx = make_optimizer(c.student.optimizer, frozen, self.plan["steps"], spe)
     state = r.fit(
         self.name, self.writes(r)[0], net=self.net, tx=tx,
         objective=self.objective, tasks=self.specs,
@@ -183,8 +183,10 @@ class StudentStage(Stage):
         config=self.settings(r), weighting=wfn,
         augment=augment.make(c.student.get("augment")), teacher=teacher_fn,
         extra=extra, init_variables=self._init(),
-        accumulate=c.student.accumulate, ema=ema)
-    out = {self.name: models.export(state.variables)}
+        accumulate=c.student.accumulate, ema=ema,
+        **r.evaluation(self.net.model, self.specs, spe))
+    out = {self.name: models.export(state.variables),
+           **r.best(self.name, self.writes(r)[0], state)}
     if ema:
       out[f"{self.name}_ema"] = models.export(
           dict(state.variables, params=state.extra["ema"]))

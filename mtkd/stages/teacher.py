@@ -48,22 +48,26 @@ class TeacherStage(Stage):
     return models.build(self.member.model_cfg,
                         {t: r.ds.num_classes[t] for t in self.member.tasks})
 
-  def run(self, r: Run):
-    """Returns the exported model's variables (`models.export`)."""
+  def run(self, r: Run) -> dict:
+    """`{"last": exported variables}` (`models.export`), and with
+    evaluation during training `{name}:best` (`Run.best`)."""
     c, m = r.config.teacher, self.member
     by_name = {s.name: s for s in r.specs}
-    tx = make_optimizer(c.optimizer, total_steps=c.steps,
-                        steps_per_epoch=steps_per_epoch(len(r.ds.train),
-                                                        c.batch_size))
+    spe = steps_per_epoch(len(r.ds.train), c.batch_size)
+    model = self.model(r)
+    specs = tuple(dataclasses.replace(by_name[t], weight=1.0,
+                                      label_smoothing=c.label_smoothing)
+                  for t in m.tasks)
     state = r.fit(
-        self.name, self.writes(r)[0], net=models.Net(self.model(r)), tx=tx,
-        objective=OBJECTIVES.get("supervised")(),
-        tasks=tuple(dataclasses.replace(
-            by_name[t], weight=1.0, label_smoothing=c.label_smoothing)
-                    for t in m.tasks),
+        self.name, self.writes(r)[0], net=models.Net(model),
+        tx=make_optimizer(c.optimizer, total_steps=c.steps,
+                          steps_per_epoch=spe),
+        objective=OBJECTIVES.get("supervised")(), tasks=specs,
         stream=streams.train_stream(r.ds.train, r.ds.train.labels,
                                     c.batch_size, m.seed),
         num_steps=c.steps, batch_size=c.batch_size,
         config=self.settings(r), augment=augment.make(c.get("augment")),
-        init_variables=self._init(), seed=m.seed, accumulate=c.accumulate)
-    return models.export(state.variables)
+        init_variables=self._init(), seed=m.seed, accumulate=c.accumulate,
+        **r.evaluation(model, specs, spe))
+    return {"last": models.export(state.variables),
+            **r.best(self.name, self.writes(r)[0], state)}

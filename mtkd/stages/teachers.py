@@ -149,6 +149,8 @@ class Teachers:
   params: dict[str, dict]          # member -> exported variables
   caches: dict[str, dict]          # split -> member -> LogitCache
   layer: str = ""
+  # member -> the best checkpoint's variables (evaluation during training).
+  best: dict[str, dict] = dataclasses.field(default_factory=dict)
 
   def by_task(self, tasks) -> dict[str, list[str]]:
     return stacks(self.members, tasks)

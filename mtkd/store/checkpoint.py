@@ -43,7 +43,9 @@ class Checkpointer:
   def _open(self):
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(self.keep),
-        checkpoint_managers.BestN(get_metric_fn=lambda m: m["loss"],
+        # Ties go to the earlier step, as the loop's own best does.
+        checkpoint_managers.BestN(get_metric_fn=lambda m: m["loss"] + 1e-12
+                                  * m.get("step", 0),
                                   reverse=True, n=1)])  # Lowest loss.
     self._manager = ocp.CheckpointManager(
         self.directory,
@@ -66,7 +68,8 @@ class Checkpointer:
     self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                       meta=ocp.args.JsonSave(meta)),
-        force=force, metrics=None if loss is None else {"loss": loss})
+        force=force,
+        metrics=None if loss is None else {"loss": loss, "step": step})
 
 
   def meta(self, step: int) -> dict:

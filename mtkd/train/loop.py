@@ -23,6 +23,7 @@ from mtkd import configs_util
 from mtkd.data import streams
 from mtkd.errors import UserError
 from mtkd.methods.objectives import Objective, TaskSpec
+from mtkd.methods.tasks import relative_gain
 from mtkd.methods.weighting import Weighting
 from mtkd.store import checkpoint, layout
 from mtkd.train import preemption, sharding
@@ -71,6 +72,10 @@ class TrainJob:
   prefetch: int = 0  # Batches put on device ahead, in a thread; 0 = none.
   accumulate: int = 1  # Micro-batches per step (`make_train_step`).
   ema: float = 0.0  # Decay of the parameters' EMA (extra["ema"]); 0 = none.
+  # Evaluation during training: `evaluate(state) -> {task: metrics}` every
+  # `eval_every` steps and at the end (see `Evaluation`).
+  evaluate: Callable | None = None
+  eval_every: int = 0
   allow_config_change: bool = False
 
 
@@ -137,6 +142,10 @@ def fit(job: TrainJob, placement: Placement) -> TrainState:
   if start:
     print(f"{job.name}: resuming at step {start}/{job.num_steps}.",
           flush=True)
+  writer = MetricWriter(layout.logs(job.directory))
+  evaluation = Evaluation(job, writer, ckpt.meta(start) if start else {})
+  if evaluation.on and not start:
+    evaluation.run(0, state)  # The reference the scores are taken against.
 
   step_fn = placement.compile(
       lambda axis_name: make_train_step(
@@ -144,11 +153,10 @@ def fit(job: TrainJob, placement: Placement) -> TrainState:
           job.num_steps, job.augment, job.teacher, axis_name,
           job.accumulate, job.ema),
       state)
-  writer = MetricWriter(layout.logs(job.directory))
   progress = Progress(job.name, job.num_steps, start, job.batch_size)
   try:
     state = _train(job, placement, step_fn, state, step_rng, start, ckpt,
-                   meta, writer, progress)
+                   meta, writer, progress, evaluation)
     ckpt.close()
   except OSError as e:  # Disk full, quota, permissions: the user's to fix.
     raise UserError(
@@ -209,23 +217,27 @@ def _log(job: TrainJob, host: dict, last_logged: int, step: int,
 
 
 def _train(job, placement, step_fn, state, step_rng, start, ckpt, meta,
-           writer, progress):
-  """Steps from `start` to the end, logging and checkpointing on cadence."""
+           writer, progress, evaluation):
+  """Steps from `start` to the end, logging, evaluating and checkpointing
+  on cadence. Keep-best ranks checkpoints by the evaluation's score when
+  there is one (a checkpoint at every evaluation), else by the training
+  loss since the previous save."""
   sums, last_logged = None, start
   since_save = None  # (loss sum, steps) since the last save, for keep-best.
   step = start
   state = placement.to_device(state)
 
-  def save(force=False):
-    loss = None
-    if since_save is not None:
+  def save(force=False, score=None):
+    loss = None if score is None else -score
+    if since_save is not None and not evaluation.on:
       total, count = placement.metrics_to_host(since_save)
       loss = float(total) / float(count)
-      loss = loss if math.isfinite(loss) else None
+    loss = loss if loss is not None and math.isfinite(loss) else None
     # Orbax copies the arrays to the host in a background thread, while the
     # next step donates (frees) `state`: hand it a copy the step never sees.
     snapshot = jax.tree.map(jnp.copy, placement.from_device(state))
-    ckpt.save(step, snapshot, meta, force=force, loss=loss)
+    ckpt.save(step, snapshot, dict(meta, **evaluation.meta()), force=force,
+              loss=loss)
 
   batches = streams.iterate(job.stream, start, job.num_steps)
   put = placement.put_batch
@@ -242,7 +254,11 @@ def _train(job, placement, step_fn, state, step_rng, start, ckpt, meta,
         _log(job, placement.metrics_to_host(sums), last_logged, step,
              ckpt.latest_step(), writer, progress)
         sums, last_logged = None, step
-      if step % job.checkpoint_every == 0 and step < job.num_steps:
+      if evaluation.due(step) and step < job.num_steps:
+        save(force=True, score=evaluation.run(
+            step, placement.from_device(state)))
+        since_save = None
+      elif step % job.checkpoint_every == 0 and step < job.num_steps:
         save()
         since_save = None
       # One process polls its own flag every step; several agree at log steps.
@@ -254,5 +270,54 @@ def _train(job, placement, step_fn, state, step_rng, start, ckpt, meta,
         ckpt.wait()
         raise preemption.Preempted(f"step {step}/{job.num_steps} of stage "
                                    f"{job.name!r}", preemption.signal_name())
-  save(force=True)
-  return placement.from_device(state)
+  final = placement.from_device(state)
+  save(force=True, score=evaluation.run(step, final) if evaluation.on
+       else None)
+  return final
+
+
+class Evaluation:
+  """Evaluation during training: `job.evaluate` every `job.eval_every`
+  steps and at the end, each result logged as `eval/<task>/<metric>`.
+
+  A result's score is its multi-task Delta_m (%) against the evaluation at
+  step 0 (the main metric of each task; for one task, its relative
+  change), so "best" means the same at every step. The reference and the
+  best step so far travel in every checkpoint's metadata: a resumed stage
+  goes on with the same reference and the same choice."""
+
+  def __init__(self, job: TrainJob, writer: MetricWriter, saved: dict):
+    self.job, self.writer = job, writer
+    self.on = job.evaluate is not None and job.eval_every > 0
+    self.reference = saved.get("eval_reference")
+    self.best = saved.get("eval_best")
+
+  def due(self, step: int) -> bool:
+    return self.on and step % self.job.eval_every == 0
+
+  def run(self, step: int, state: TrainState) -> float:
+    metrics = self.job.evaluate(state)
+    if self.reference is None:
+      self.reference = metrics
+    score = relative_gain(metrics, self.reference, self.job.tasks)
+    if self.best is None or score > self.best["score"]:
+      self.best = {"step": step, "score": score}
+    self.writer.write(step, {f"eval/{t}/{k}": v for t, m in metrics.items()
+                             for k, v in m.items()} | {"eval/score": score})
+    return score
+
+  def meta(self) -> dict:
+    if not self.on:
+      return {}
+    return {"eval_reference": self.reference, "eval_best": self.best}
+
+
+def best_state(directory: str, like: TrainState) -> tuple[int, TrainState]:
+  """(step, state) of the checkpoint of a job (its `directory`) that its
+  evaluations scored best."""
+  ckpt = checkpoint.Checkpointer(layout.checkpoints(directory))
+  try:
+    step = ckpt.meta(ckpt.latest_step())["eval_best"]["step"]
+    return step, ckpt.restore(step, like)[0]
+  finally:
+    ckpt.close()
