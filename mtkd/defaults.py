@@ -95,6 +95,11 @@ def base_config() -> ml_collections.ConfigDict:
       ensemble=1,         # Members per teacher (seeds seed, seed+1, ...).
       models={},          # Per-teacher architecture overrides: {name: model}.
       init="",            # 'source': start from the source model's trunk.
+      # Start from saved weights: an mtkd workdir, an Orbax folder or
+      # .msgpack of Flax variables, or a PyTorch/safetensors state_dict
+      # ('{member}' in the path: each teacher's name). steps=0: use as is;
+      # steps > 0: fine-tune (mtkd.models.pretrained).
+      checkpoint="",
       augment=dict(max_shift=0, noise=0.0),
       **recipe(),
   ))

@@ -79,8 +79,8 @@ def train_teachers(r: Run, source, timings: dict) -> Teachers:
     if f"{stage.name}:best" in trained:
       t.best[m.name] = trained[f"{stage.name}:best"]
     caches = execute(CacheStage(m, t.nets[m.name], t.params[m.name],
-                                layer if m.name in feature_members else ""),
-                     r)
+                                layer if m.name in feature_members else "",
+                                stage.writes(r)), r)
     for split, opened in caches.items():
       t.caches[split][m.name] = opened
     print(f"teacher/{m.name}: ready in {time.perf_counter() - t1:.1f}s.",

@@ -39,8 +39,12 @@ def cache_key(config, member: Member, ds: Dataset, split: str,
 class CacheStage(Stage):
   """Builds (or finishes, or opens) one teacher's caches of both splits."""
 
-  def __init__(self, member: Member, model, params, layer: str = ""):
+  def __init__(self, member: Member, model, params, layer: str = "",
+               teacher_dirs: list[str] | None = None):
+    """`teacher_dirs`: what the teacher stage wrote (default: its folder;
+    none for a checkpoint used as it is)."""
     self.member, self.model, self.params = member, model, params
+    self.teacher_dirs = teacher_dirs
     self.layers = (layer,) if layer else ()
     self.name = f"cache/{member.name}"
     self.fingerprint = models.fingerprint(params)
@@ -51,6 +55,8 @@ class CacheStage(Stage):
             for split in SPLITS}
 
   def reads(self, r: Run) -> list[str]:
+    if self.teacher_dirs is not None:
+      return list(self.teacher_dirs)
     return [r.layout.teacher(self.member.name)]
 
   def writes(self, r: Run) -> list[str]:

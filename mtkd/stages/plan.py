@@ -77,9 +77,16 @@ def check_config(config, ds: Dataset, mesh) -> tuple[TaskSpec, ...]:
   for part in ("teacher", "student"):
     c = config[part]
     TRUNKS.get(c.model.name)  # Unknown names fail here, not mid-run.
-    if c.steps <= 0:
-      raise UserError(f"config.{part}.steps is {c.steps}; it must be > 0.")
+    pretrained = part == "teacher" and c.get("checkpoint")
+    if c.steps < 0 or (c.steps == 0 and not pretrained):
+      raise UserError(f"config.{part}.steps is {c.steps}; it must be > 0 "
+                      "(0 only for a teacher loaded with "
+                      "config.teacher.checkpoint).")
     _check_recipe(c, f"config.{part}", mesh)
+  if config.teacher.get("checkpoint") and config.teacher.get("init"):
+    raise UserError("config.teacher.checkpoint and config.teacher.init="
+                    f"{config.teacher.init!r} both start the teachers: "
+                    "choose one.")
   weighting.build(config, [s.name for s in specs],
                   weights={s.name: s.weight for s in specs})
   _check_stages(config, specs)
@@ -189,7 +196,7 @@ def _check_stages(config, specs: tuple[TaskSpec, ...]) -> None:
 # Recipe settings at their no-op values: left out of resume fingerprints, so
 # a run written before a setting existed still resumes.
 NEUTRAL = {"label_smoothing": 0.0, "accumulate": 1, "ema": 0.0,
-           "weight_decay": 0.0, "clip_norm": 0.0}
+           "weight_decay": 0.0, "clip_norm": 0.0, "checkpoint": ""}
 
 
 def part_settings(cfg, drop: tuple[str, ...] = ()) -> dict:
