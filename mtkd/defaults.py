@@ -37,11 +37,18 @@ def optimizer(name: str = "adam", learning_rate: float = 1e-3,
   """An optimizer block with every recipe key (`mtkd.train.optim`), so any
   can be overridden from the command line; `kwargs` go to the optimizer
   (sgd: momentum, nesterov; adam: b1, b2, eps; ...)."""
-  return dict(name=name, learning_rate=learning_rate,
-              schedule=dict(optim.SCHEDULE_DEFAULTS),
-              weight_decay=0.0,   # On kernels and embeddings only.
-              clip_norm=0.0,      # > 0: clip the gradient's global norm.
+  return dict(dict(name=name, learning_rate=learning_rate,
+                   schedule=dict(optim.SCHEDULE_DEFAULTS),
+                   weight_decay=0.0,   # On kernels and embeddings only.
+                   clip_norm=0.0),     # > 0: clip the gradient's global norm.
               **kwargs)
+
+
+def augmentation() -> dict:
+  """In-step augmentation (`mtkd.data.augment`); all off."""
+  return dict(flip=False,   # Left-right, with probability 1/2.
+              max_shift=0,  # Pixels (zero fill): 4 = CIFAR's pad-and-crop.
+              noise=0.0)    # Gaussian noise stddev.
 
 
 def recipe() -> dict:
@@ -74,12 +81,16 @@ def base_config() -> ml_collections.ConfigDict:
       max_test=0,
       val_size=0,         # > 0: hold this many train examples out (val).
       val_seed=0,
+      pad_to=0,           # > 0: zero-pad images to pad_to x pad_to.
+      # For name='synthetic_images' (generated; tests and smoke runs).
+      synthetic=dict(size=32, channels=3, classes=10, num_train=2048,
+                     num_test=512),
   ))
   # Evaluation during training, for every stage and teacher: per-task
   # metrics logged as eval/<task>/<metric>, and the kept "best" checkpoint
   # chosen by them (results.json then reports <model>:best beside <model>).
   c.eval = ml_collections.ConfigDict(dict(
-      every=0,        # > 0: evaluate every `every` `unit`s (and at the end).
+      every=0.0,      # > 0: evaluate every `every` `unit`s (and at the end).
       unit="steps",   # Or 'epochs' (the stage's rows / batch size).
       split="val",    # 'val' (needs data.val_size) or 'test': choosing the
                       # best model on test then says so in every table.
@@ -100,7 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
       # ('{member}' in the path: each teacher's name). steps=0: use as is;
       # steps > 0: fine-tune (mtkd.models.pretrained).
       checkpoint="",
-      augment=dict(max_shift=0, noise=0.0),
+      augment=augmentation(),
       **recipe(),
   ))
 
@@ -109,7 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
       optimizer=optimizer(),
       steps=1500,         # Default step count of each student stage.
       batch_size=128,
-      augment=dict(max_shift=0, noise=0.0),  # In-step augmentation.
+      augment=augmentation(),  # In-step augmentation.
       # Stages in order: {name: {objective, steps (-1: student.steps), data
       # ('all': with the transfer set; 'labelled'), init ('', 'source' or an
       # earlier stage), init_parts ('trunk'/'model'), freeze (''/'trunk'),

@@ -35,6 +35,7 @@ RUNS = [
     ("dkd", None), ("js", None), ("online_teacher", None),
     ("weighting", "method=uncertainty"), ("weighting", "method=dwa"),
     ("weighting", "method=gradnorm"), ("weighting", "method=pcgrad"),
+    ("cifar_kd", "method=dkd"), ("cifar_kd", "method=fitnets"),
 ]
 
 
@@ -77,9 +78,13 @@ def run(name, arg, teacher_root, tmp_path, run_mtkd):
 def test_method_smoke_run(name, arg, teacher_root, tmp_path, run_mtkd):
   c, w, results = run(name, arg, teacher_root, tmp_path, run_mtkd)
   stages = list(plan.student_stages(c))
+  if c.eval.every:  # Each model's best checkpoint is evaluated too.
+    stages += [f"{n}:best" for n in stages] + (
+        ["baseline:best"] if c.baseline else [])
   for task, rows in results.items():
     assert set(rows) == {"teacher", *stages} | (
-        {"baseline"} if c.baseline else set()), task
+        {"baseline"} if c.baseline else set()) | (
+            {"teacher:best"} if c.eval.every else set()), task
     for model, metrics in rows.items():
       for k, v in metrics.items():
         assert math.isfinite(v), (task, model, k)

@@ -135,3 +135,24 @@ def test_pipeline_with_batchnorm_teachers_and_students(tmp_path, run_mtkd):
     assert all(np.isfinite(v) for m in rows.values() for v in m.values())
   assert run_mtkd(c, tmp_path) == results  # Restored, not retrained.
   assert verify.verify_workdir(c, str(tmp_path)) == []
+
+
+def test_feature_adaptors_are_1x1_convolutions_on_matching_maps():
+  """FitNets' regressor: a per-position linear map (1x1 convolution) when
+  student and teacher maps share height and width; a Dense otherwise."""
+  m = models.build(ml_collections.ConfigDict(TINY["cifar_resnet"]), {"t": 3})
+  net = models.Net(m, feature_layer="stage_1",
+                   adaptors=(("same", (4, 4, 12)), ("flat", (7,))))
+  x = np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype(np.float32)
+  v = net.init(jax.random.key(0), x)
+  k = v["params"]["adaptor_same"]
+  assert k["kernel"].shape == (8, 12)  # C_student -> C_teacher.
+  assert v["params"]["adaptor_flat"]["kernel"].shape == (4 * 4 * 8, 7)
+  out = net.apply(v, x)["features"]
+  _, blocks = m.apply({"params": v["params"]["model"],
+                       "batch_stats": v["batch_stats"]["model"]}, x,
+                      with_features=True)
+  want = np.einsum("bhwc,cd->bhwd", blocks["stage_1"], k["kernel"]) + k["bias"]
+  np.testing.assert_allclose(out["same"], want.reshape(2, -1), rtol=1e-4,
+                             atol=1e-6)
+  assert out["flat"].shape == (2, 7)

@@ -206,3 +206,28 @@ def test_recipe_run_end_to_end_and_resumes(tmp_path, run_mtkd):
     run_mtkd(c, tmp_path)
   assert dataclasses.fields(objectives.TaskSpec)[-1].name == "label_smoothing"
   assert optax  # Used through make_optimizer.
+
+
+def test_flip_and_padding_for_the_cifar_recipe():
+  from mtkd.data import augment, builtin, datasets
+  x = np.arange(2 * 3 * 4 * 1, dtype=np.float32).reshape(2, 3, 4, 1)
+  x = np.repeat(x, 32, axis=0)
+  out = np.asarray(augment.horizontal_flip()(jnp.asarray(x),
+                                             jax.random.key(0)))
+  flipped = np.array([np.array_equal(o, a[:, ::-1]) for o, a in zip(
+      out, x, strict=True)])
+  kept = np.array([np.array_equal(o, a) for o, a in zip(out, x, strict=True)])
+  assert np.all(flipped ^ kept) and 0 < flipped.sum() < len(x)
+  ds = datasets.pad_images(builtin.digits(None), 12)
+  assert ds.train.x.shape[1:] == (12, 12, 1)
+  np.testing.assert_array_equal(ds.train.x[:, 2:10, 2:10],
+                                builtin.digits(None).train.x)
+  assert not ds.train.x[:, :2].any() and not ds.train.x[:, 10:].any()
+
+
+def test_feature_mse_is_the_mean_over_elements():
+  rng = np.random.default_rng(3)
+  s, t = rng.normal(size=(2, 4, 4, 3, 5)).astype(np.float32)
+  np.testing.assert_allclose(losses.feature_mse(s, t),
+                             ((s - t) ** 2).reshape(4, -1).mean(-1),
+                             rtol=1e-6)

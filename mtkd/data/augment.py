@@ -40,11 +40,26 @@ def gaussian_noise(stddev: float) -> Augment:
   return noise
 
 
+def horizontal_flip() -> Augment:
+  """Mirrors each image left-right with probability 1/2 (the CIFAR recipe's
+  flip; with `max_shift=4` the 4-pixel pad-and-crop completes it)."""
+  def flip(x: jax.Array, key: jax.Array) -> jax.Array:
+    if x.ndim != 4:
+      raise ValueError(f"horizontal_flip needs images [B, H, W, C], got "
+                       f"{x.shape}")
+    heads = jax.random.bernoulli(key, 0.5, (x.shape[0], 1, 1, 1))
+    return jnp.where(heads, x[:, :, ::-1], x)
+  return flip
+
+
 def make(cfg) -> Augment | None:
-  """From `{max_shift, noise}` (0 = off); None when nothing is on."""
+  """From `{flip, max_shift, noise}` (off: False / 0); None when nothing is
+  on."""
   if cfg is None:
     return None
   parts = []
+  if cfg.get("flip", False):
+    parts.append(horizontal_flip())
   if cfg.get("max_shift", 0):
     parts.append(random_shift(int(cfg.max_shift)))
   if cfg.get("noise", 0.0):

@@ -200,6 +200,30 @@ def digits_mixed(cfg) -> Dataset:
                  {"attributes": "multilabel", "ink": "regression"})
 
 
+@DATASETS.register("synthetic_images")
+def synthetic_images(cfg) -> Dataset:
+  """Generated, learnable images (tests, smoke runs and benchmarks of image
+  models; never a benchmark of accuracy): each of `classes` classes is a
+  fixed random pattern, an example its class's pattern under noise and a
+  random brightness. Tasks `label` (classes) and `coarse` (label // 2).
+  `cfg.synthetic` = {size, channels, classes, num_train, num_test}."""
+  s = dict(size=32, channels=3, classes=10, num_train=2048, num_test=512)
+  s.update(cfg.get("synthetic") or {})
+  rng = np.random.default_rng(0)
+  patterns = rng.normal(size=(s["classes"], s["size"], s["size"],
+                              s["channels"])).astype(np.float32)
+
+  def split(n: int, seed: int) -> Split:
+    r = np.random.default_rng(seed)
+    y = r.integers(0, s["classes"], n).astype(np.int32)
+    x = (patterns[y] * r.uniform(0.5, 1.5, (n, 1, 1, 1)) + r.normal(
+        0, 1.5, (n, s["size"], s["size"], s["channels"]))) / 2  # std ~1.
+    return make_split(x.astype(np.float32), {"label": y, "coarse": y // 2})
+  return Dataset("synthetic_images", split(s["num_train"], 1),
+                 split(s["num_test"], 2),
+                 {"label": s["classes"], "coarse": (s["classes"] + 1) // 2})
+
+
 @DATASETS.register("mnist1d")
 def mnist1d(cfg) -> Dataset:
   """MNIST-1D generated procedurally (never downloaded); one task `digit`."""

@@ -152,6 +152,8 @@ def build(cfg) -> Dataset:
       name: dataclasses.replace(split, x=split.x[..., None])
       for name, split in (("train", ds.train), ("test", ds.test))
       if split.x.ndim == 3})
+  if cfg.get("pad_to", 0):
+    ds = pad_images(ds, int(cfg.pad_to))
   if cfg.get("max_train", 0):
     ds = dataclasses.replace(ds, train=ds.train.take(slice(0, cfg.max_train)))
   if cfg.get("max_test", 0):
@@ -160,6 +162,21 @@ def build(cfg) -> Dataset:
     ds = hold_out(ds, int(cfg.val_size), int(cfg.get("val_seed", 0)))
   validate(ds, f"dataset {cfg.name!r}")
   return ds
+
+
+def pad_images(ds: Dataset, size: int) -> Dataset:
+  """Images zero-padded (centred) to `size` x `size`, e.g. 28x28
+  Fashion-MNIST as 32x32 for the CIFAR recipes."""
+  def pad(split: Split) -> Split:
+    h, w = split.x.shape[1:3]
+    if split.x.ndim != 4 or h > size or w > size:
+      raise UserError(f"config.data.pad_to={size} needs images of at most "
+                      f"{size}x{size}; got inputs {split.x.shape[1:]}.")
+    top, left = (size - h) // 2, (size - w) // 2
+    return dataclasses.replace(split, x=np.pad(
+        split.x, ((0, 0), (top, size - h - top), (left, size - w - left),
+                  (0, 0))))
+  return dataclasses.replace(ds, train=pad(ds.train), test=pad(ds.test))
 
 
 def hold_out(ds: Dataset, size: int, seed: int) -> Dataset:

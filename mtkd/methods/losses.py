@@ -273,6 +273,14 @@ def hint_l2(student_feat: jax.Array, teacher_feat: jax.Array) -> jax.Array:
   return 0.5 * jnp.sum(d.reshape(d.shape[0], -1) ** 2, axis=-1)
 
 
+def feature_mse(student_feat: jax.Array, teacher_feat: jax.Array
+                ) -> jax.Array:
+  """Mean over non-batch elements of (s - t)^2: RepDistiller's and
+  mdistiller's FitNets hint (`MSELoss`, used there x 100)."""
+  d = _f32(student_feat) - _f32(teacher_feat)
+  return jnp.mean(d.reshape(d.shape[0], -1) ** 2, axis=-1)
+
+
 def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """1.0 where argmax(logits) == label, else 0.0."""
   return (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)

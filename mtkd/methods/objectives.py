@@ -331,7 +331,8 @@ class TeacherAnnealing(Objective):
 
 
 FEATURE_LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
-    "normalized_l2": losses.normalized_l2, "hint": losses.hint_l2}
+    "normalized_l2": losses.normalized_l2, "hint": losses.hint_l2,
+    "mse": losses.feature_mse}
 FUSIONS = ("none", "concat")
 
 
@@ -401,7 +402,8 @@ class FeatureKD(_FeatureMatching):
   adaptor per target (per teacher, or one for the fused teachers with
   `fusion='concat'`) and is matched to the teacher's `teacher_layer`
   feature with `loss` ('normalized_l2': squared distance of L2-normalised
-  vectors; 'hint': FitNets' 0.5*||.||^2). Each target is an extra term
+  vectors; 'hint': FitNets' 0.5*||.||^2; 'mse': its mean over elements,
+  as RepDistiller's). Each target is an extra term
   `feature/<target>` weighted by `weight`. With `logits=False` the heads
   learn from labels only (no logit KD).
   """
@@ -409,7 +411,8 @@ class FeatureKD(_FeatureMatching):
   default_settings = dict(
       layer="representation",          # Student layer fed to the adaptors.
       teacher_layer="representation",  # Teacher layer cached as the target.
-      loss="normalized_l2",            # Or 'hint' (FitNets, 0.5*||.||^2).
+      loss="normalized_l2",            # 'hint' (FitNets, 0.5*||.||^2) or
+                                       # 'mse' (mean; RepDistiller's hint).
       fusion="none",                   # 'concat': one fused target.
       weight=1.0,                      # Of each feature term.
       logits=True)                     # Also logit KD (else labels only).

@@ -26,11 +26,11 @@ from mtkd.models.base import (
   Net,
   build,
   export,
-  feature_dims,
+  feature_shape,
   fingerprint,
   flatten,
   with_axis_name,
 )
 
-__all__ = ["TRUNKS", "MultiHead", "Net", "build", "export", "feature_dims",
+__all__ = ["TRUNKS", "MultiHead", "Net", "build", "export", "feature_shape",
            "fingerprint", "flatten", "with_axis_name"]

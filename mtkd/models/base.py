@@ -69,16 +69,17 @@ def flatten(x: jax.Array) -> jax.Array:
 class Net(nn.Module):
   """What a training stage optimises: the exported `model` plus extras.
 
-  `adaptors`: (target, dim) pairs; each is a linear map (a 1x1 convolution
-  on flattened features, as in Li & Bilen 2020) from the student's
-  `feature_layer` to one teacher's feature space. `peers`: extra copies of
-  the model trained alongside (deep mutual learning). Output:
-  `{"logits": {task: ...}, "features": {target: [B, dim]},
-  "peers": ({task: ...}, ...)}`.
+  `adaptors`: (target, shape) pairs, `shape` one example's teacher feature;
+  each adaptor is a linear map from the student's `feature_layer` to that
+  space (Li & Bilen 2020): a 1x1 convolution when both are feature maps of
+  the same height and width (FitNets' regressor), else a Dense on the
+  flattened features. `peers`: extra copies of the model trained alongside
+  (deep mutual learning). Output: `{"logits": {task: ...}, "features":
+  {target: [B, prod(shape)]}, "peers": ({task: ...}, ...)}`.
   """
   model: MultiHead
   feature_layer: str = ""
-  adaptors: tuple[tuple[str, int], ...] = ()
+  adaptors: tuple[tuple[str, tuple[int, ...]], ...] = ()
   peers: int = 0
 
   @nn.compact
@@ -92,14 +93,23 @@ class Net(nn.Module):
       if self.feature_layer not in blocks:
         raise ValueError(f"Unknown feature layer {self.feature_layer!r}; the "
                          f"student has {sorted(blocks)}.")
-      f = flatten(blocks[self.feature_layer])
-      out["features"] = {name: nn.Dense(dim, name=f"adaptor_{name}")(f)
-                         for name, dim in self.adaptors}
+      f = blocks[self.feature_layer]
+      out["features"] = {name: _adapt(f, shape, f"adaptor_{name}")
+                         for name, shape in self.adaptors}
     if self.peers:
       out["peers"] = tuple(self.model.clone(
         parent=self, name=f"peer_{i}", _deep_clone=True)(x, train=train)
                            for i in range(self.peers))
     return out
+
+
+def _adapt(f: jax.Array, shape: tuple[int, ...], name: str) -> jax.Array:
+  """Student features -> the teacher's `shape`, flattened: per position
+  (a 1x1 convolution) for maps of the same height and width, a Dense on
+  the flattened features otherwise."""
+  if f.ndim == 4 and len(shape) == 3 and tuple(f.shape[1:3]) == shape[:2]:
+    return flatten(nn.Dense(shape[2], name=name)(f))
+  return nn.Dense(int(np.prod(shape)), name=name)(flatten(f))
 
 
 def with_axis_name(net: nn.Module, axis_name: str | None) -> nn.Module:
@@ -126,16 +136,17 @@ def fingerprint(variables: Mapping[str, dict]) -> str:
                           else dict(variables))
 
 
-def feature_dims(model: MultiHead, input_shape, layer: str) -> int:
-  """Flattened size of `layer`'s activation for one example."""
+def feature_shape(model: MultiHead, input_shape, layer: str
+                  ) -> tuple[int, ...]:
+  """The shape of `layer`'s activation for one example."""
   def f(x):
     return model.init_with_output(jax.random.key(0), x, with_features=True)
   (_, blocks), _ = jax.eval_shape(f, jnp.zeros((1, *input_shape)))
   if layer not in blocks:
     raise UserError(f"Feature layer {layer!r} does not exist; this model "
-                    f"has {sorted(blocks)}. Fix config.feature.layer.")
-  shape = blocks[layer].shape
-  return int(np.prod(shape[1:]))
+                    f"has {sorted(blocks)}. Fix the objective's layer setting "
+                    "(e.g. config.feature.teacher_layer).")
+  return tuple(int(d) for d in blocks[layer].shape[1:])
 
 
 def build(cfg, num_classes: Mapping[str, int]) -> MultiHead:

@@ -207,6 +207,8 @@ def part_settings(cfg, drop: tuple[str, ...] = ()) -> dict:
     return {k: v for k, v in d.items()
             if k not in drop and not (k in NEUTRAL and v == NEUTRAL[k])}
   out = keep(configs_util.to_dict(cfg))
+  if isinstance(out.get("augment"), dict) and not out["augment"].get("flip"):
+    out["augment"] = {k: v for k, v in out["augment"].items() if k != "flip"}
   if isinstance(out.get("optimizer"), dict):
     opt = keep(out["optimizer"])
     if opt.get("schedule", {}).get("name", "constant") == "constant":

@@ -79,16 +79,18 @@ class StudentStage(Stage):
     self.weighting = weighting.build(r.config, names, trunk_mask,
                                      last_trunk_layer_mask, self.weights)
 
-  def _adaptors(self, r: Run, t: Teachers) -> tuple[tuple[str, int], ...]:
-    """(target, dim) per adaptor: one per teacher group, or one fused."""
+  def _adaptors(self, r: Run, t: Teachers
+                ) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """(target, one example's feature shape) per adaptor: one per teacher
+    group, or one onto the fused (flat, concatenated) features."""
     if not self.needs.teacher_layer:
       return ()
-    dims = {g: models.feature_dims(t.nets[n], r.ds.input_shape,
-                                   self.needs.teacher_layer)
-            for g, n in t.feature_groups.items()}
+    shapes = {g: models.feature_shape(t.nets[n], r.ds.input_shape,
+                                      self.needs.teacher_layer)
+              for g, n in t.feature_groups.items()}
     if self.needs.fuse_teachers:
-      return (("fused", sum(dims.values())),)
-    return tuple(sorted(dims.items()))
+      return (("fused", (sum(int(np.prod(s)) for s in shapes.values()),)),)
+    return tuple(sorted(shapes.items()))
 
   def reads(self, r: Run) -> list[str]:
     """The training caches it joins, or the teachers it runs online, and

@@ -300,7 +300,8 @@ class Evaluation:
     if self.reference is None:
       self.reference = metrics
     score = relative_gain(metrics, self.reference, self.job.tasks)
-    if self.best is None or score > self.best["score"]:
+    # Step 0 is the reference, not a candidate (it has no checkpoint).
+    if step and (self.best is None or score > self.best["score"]):
       self.best = {"step": step, "score": score}
     self.writer.write(step, {f"eval/{t}/{k}": v for t, m in metrics.items()
                              for k, v in m.items()} | {"eval/score": score})
