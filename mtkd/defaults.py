@@ -170,6 +170,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.nonfinite = "stop"  # NaN/Inf loss or gradient: 'stop', or 'skip' update.
   c.eval_batch_size = 1000
   c.log_every = 100
+  # Metric writers besides logs/metrics.jsonl: 'tensorboard', 'wandb'.
+  c.writers = ("tensorboard",)
+  # Weights & Biases (with 'wandb' in writers): offline by default, so it
+  # needs no network; `wandb sync` the run folders later. group: the
+  # workdir's name when empty.
+  c.wandb = ml_collections.ConfigDict(dict(project="mtkd", entity="",
+                                           mode="offline", group=""))
   c.checkpoint_every = 500
   # Batches placed on device ahead of the step by a background thread
   # (`mtkd.train.prefetch`); 0 = put in the loop. No gain on a 2-core CPU host

@@ -16,7 +16,8 @@ BASE = {"mtkd", "mtkd.errors", "mtkd.registry", "mtkd.configs_util",
         "mtkd.distributed"}
 RANKS = {"store": 1, "methods": 2, "models": 2, "data": 3, "train": 4,
          "stages": 5}
-ENTRY = {"mtkd.defaults": 6, "mtkd.experiment": 7, "mtkd.main": 8}
+ENTRY = {"mtkd.defaults": 6, "mtkd.experiment": 7, "mtkd.export": 7,
+         "mtkd.main": 8}
 
 
 def _modules() -> dict[str, ast.Module]:

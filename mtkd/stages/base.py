@@ -19,7 +19,7 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
-from mtkd import models
+from mtkd import configs_util, models
 from mtkd.data.datasets import Dataset, Split
 from mtkd.errors import UserError
 from mtkd.methods import tasks
@@ -56,8 +56,12 @@ class Run:
     `job` holds the `loop.TrainJob` fields that differ between stages."""
     c = self.config
     job.setdefault("seed", c.seed)
+    wandb = dict(configs_util.to_dict(c.wandb))
+    wandb["group"] = wandb.get("group") or os.path.basename(
+        os.path.abspath(self.layout.root))
     return loop.fit(loop.TrainJob(
         name=name, directory=directory, input_shape=self.ds.input_shape,
+        writers=tuple(c.writers), writer_settings=wandb,
         log_every=c.log_every, checkpoint_every=c.checkpoint_every,
         nonfinite=c.nonfinite, prefetch=c.get("prefetch_to_device", 0),
         allow_config_change=self.allow_config_change, **job), self.placement)

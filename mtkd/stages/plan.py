@@ -7,6 +7,8 @@ so a bad value fails here, before the teachers train, with a message
 naming the key.
 """
 
+import importlib.util
+
 import numpy as np
 
 from mtkd import configs_util
@@ -18,6 +20,7 @@ from mtkd.models import TRUNKS
 from mtkd.stages import teachers
 from mtkd.store import cache
 from mtkd.train import optim, sharding
+from mtkd.train.metric_writers import WRITERS
 from mtkd.train.optim import OPTIMIZERS
 
 STAGE_DEFAULTS = dict(objective="distill", steps=-1, data="all", init="",
@@ -101,6 +104,13 @@ def check_config(config, ds: Dataset, mesh) -> tuple[TaskSpec, ...]:
                     "'skip'.")
   cache.storage_meta(config.cache.dtype, config.cache.top_k, ["logits"])
   _check_eval(config, ds)
+  for name in config.writers:
+    WRITERS.get(name)
+  if "wandb" in config.writers and importlib.util.find_spec("wandb") is None:
+    raise UserError("config.writers names 'wandb', but Weights & Biases is "
+                    "not installed. Fix: pip install wandb (offline mode, "
+                    "the default, needs no account or network), or remove "
+                    "it from config.writers.")
   n = config.data.num_labeled
   if n == 0 or n < -1:
     raise UserError(f"config.data.num_labeled is {n}; use a positive count, "

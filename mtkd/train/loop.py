@@ -76,6 +76,8 @@ class TrainJob:
   # `eval_every` steps and at the end (see `Evaluation`).
   evaluate: Callable | None = None
   eval_every: int = 0
+  writers: tuple[str, ...] = ("tensorboard",)  # Besides metrics.jsonl.
+  writer_settings: dict = dataclasses.field(default_factory=dict)
   allow_config_change: bool = False
 
 
@@ -142,7 +144,8 @@ def fit(job: TrainJob, placement: Placement) -> TrainState:
   if start:
     print(f"{job.name}: resuming at step {start}/{job.num_steps}.",
           flush=True)
-  writer = MetricWriter(layout.logs(job.directory))
+  writer = MetricWriter(layout.logs(job.directory), job.writers, job.name,
+                        job.writer_settings)
   evaluation = Evaluation(job, writer, ckpt.meta(start) if start else {})
   if evaluation.on and not start:
     evaluation.run(0, state)  # The reference the scores are taken against.

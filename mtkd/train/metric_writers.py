@@ -1,46 +1,91 @@
-"""Metric logging: JSONL and TensorBoard files, and a console progress line.
+"""Metric logging: metrics.jsonl, TensorBoard and (optionally) Weights &
+Biases writers, and a console progress line.
 
 Only process 0 writes. clu's writers need TensorFlow, so TensorBoard events
-come from tensorboardX behind this small interface.
+come from tensorboardX behind this small interface. `config.writers`
+chooses the writers besides metrics.jsonl.
 """
 
 import json
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 
+from mtkd.registry import Registry
 from mtkd.store import layout
 
+WRITERS: Registry = Registry("metric writer")
 
-class MetricWriter:
-  """Appends `{"step": s, **scalars}` lines to metrics.jsonl, and TB events."""
 
-  def __init__(self, logdir: str):
-    self.active = jax.process_index() == 0
-    self._tb = None
-    if not self.active:
-      return
-    os.makedirs(logdir, exist_ok=True)
-    self._jsonl = open(os.path.join(logdir, layout.METRICS), "a")
+@WRITERS.register("tensorboard")
+class TensorBoard:
+  """Event files beside metrics.jsonl (`tensorboard --logdir WORKDIR`)."""
+
+  def __init__(self, logdir: str, name: str, settings: Mapping):
+    del name, settings
     from tensorboardX import SummaryWriter  # Heavy import, process 0 only.
     self._tb = SummaryWriter(logdir)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    for k, v in scalars.items():
+      self._tb.add_scalar(k, v, step)
+
+  def close(self) -> None:
+    self._tb.close()
+
+
+@WRITERS.register("wandb")
+class WeightsAndBiases:
+  """One Weights & Biases run per stage, named after it, in `logdir`;
+  `mode='offline'` (the default) needs neither an account nor a network
+  (`wandb sync` uploads later). `settings`: config.wandb."""
+
+  def __init__(self, logdir: str, name: str, settings: Mapping):
+    import wandb
+    self._run = wandb.init(project=settings.get("project", "mtkd"),
+                           entity=settings.get("entity") or None,
+                           mode=settings.get("mode", "offline"), dir=logdir,
+                           name=name, group=settings.get("group") or None)
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    self._run.log(dict(scalars), step=step)
+
+  def close(self) -> None:
+    self._run.finish()
+
+
+class MetricWriter:
+  """Appends `{"step": s, **scalars}` lines to metrics.jsonl (always: the
+  run's own reports read it) and to the `writers` named (`WRITERS`)."""
+
+  def __init__(self, logdir: str, writers: Sequence[str] = ("tensorboard",),
+               name: str = "", settings: Mapping | None = None):
+    self.active = jax.process_index() == 0
+    self._writers = []
     if not self.active:
       return
-    self._jsonl.write(json.dumps({"step": int(step), **{
-        k: float(v) for k, v in scalars.items()}}) + "\n")
+    os.makedirs(logdir, exist_ok=True)
+    self._jsonl = open(os.path.join(logdir, layout.METRICS), "a")
+    self._writers = [WRITERS.get(w)(logdir, name, settings or {})
+                     for w in writers]
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.active:
+      return
+    scalars = {k: float(v) for k, v in scalars.items()}
+    self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
     self._jsonl.flush()
-    for k, v in scalars.items():
-      self._tb.add_scalar(k, float(v), int(step))
+    for w in self._writers:
+      w.write(int(step), scalars)
 
   def close(self) -> None:
     if self.active:
       self._jsonl.close()
-      self._tb.close()
+      for w in self._writers:
+        w.close()
 
 
 class Progress:
