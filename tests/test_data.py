@@ -165,6 +165,27 @@ def test_digits_and_mnist1d_builders():
   assert ds.input_shape == (40,) and len(ds.train) == 4000
 
 
+def test_synthetic_builders():
+  def build(**c):
+    return datasets.build(ml_collections.ConfigDict(c))
+
+  ds = build(name="synthetic_images", synthetic=dict(
+      size=8, channels=1, classes=5, num_train=40, num_test=10))
+  assert ds.input_shape == (8, 8, 1) and ds.num_classes == {
+      "label": 5, "coarse": 3}
+  np.testing.assert_array_equal(ds.train.labels["coarse"],
+                                ds.train.labels["label"] // 2)
+  ds = build(name="synthetic_text", synthetic=dict(length=12, num_train=50))
+  ids = ds.train.x.astype(int)
+  lengths = (ids != 0).sum(1)  # Tokens are >= 2, so 0 is only padding.
+  assert ids.shape == (50, 12) and ids.max() < 64
+  np.testing.assert_array_equal(ds.train.labels["long"], lengths > 6)
+  counts = np.stack([(ids == t).sum(1) for t in (2, 3, 4, 5)], 1)
+  np.testing.assert_array_equal(ds.train.labels["label"], counts.argmax(1))
+  with pytest.raises(UserError, match=r"unknown keys \['size'\].*Fix"):
+    build(name="synthetic_text", synthetic=dict(size=8))
+
+
 def test_label_budget():
   m = datasets.label_budget(100, 10, seed=1)
   assert m.sum() == 10

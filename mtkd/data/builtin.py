@@ -200,6 +200,17 @@ def digits_mixed(cfg) -> Dataset:
                  {"attributes": "multilabel", "ink": "regression"})
 
 
+def _synthetic_settings(cfg, defaults: dict) -> dict:
+  """`defaults` updated by `cfg.synthetic`; an unknown key is an error."""
+  given = dict(cfg.get("synthetic") or {})
+  unknown = sorted(set(given) - set(defaults))
+  if unknown:
+    raise UserError(f"config.data.synthetic has unknown keys {unknown} for "
+                    f"data.name={cfg.get('name')!r}. Fix: use only "
+                    f"{sorted(defaults)}.")
+  return {**defaults, **given}
+
+
 @DATASETS.register("synthetic_images")
 def synthetic_images(cfg) -> Dataset:
   """Generated, learnable images (tests, smoke runs and benchmarks of image
@@ -207,8 +218,8 @@ def synthetic_images(cfg) -> Dataset:
   fixed random pattern, an example its class's pattern under noise and a
   random brightness. Tasks `label` (classes) and `coarse` (label // 2).
   `cfg.synthetic` = {size, channels, classes, num_train, num_test}."""
-  s = dict(size=32, channels=3, classes=10, num_train=2048, num_test=512)
-  s.update(cfg.get("synthetic") or {})
+  s = _synthetic_settings(cfg, dict(size=32, channels=3, classes=10,
+                                    num_train=2048, num_test=512))
   rng = np.random.default_rng(0)
   patterns = rng.normal(size=(s["classes"], s["size"], s["size"],
                               s["channels"])).astype(np.float32)
@@ -222,6 +233,29 @@ def synthetic_images(cfg) -> Dataset:
   return Dataset("synthetic_images", split(s["num_train"], 1),
                  split(s["num_test"], 2),
                  {"label": s["classes"], "coarse": (s["classes"] + 1) // 2})
+
+
+@DATASETS.register("synthetic_text")
+def synthetic_text(cfg) -> Dataset:
+  """Generated token sequences (tests and smoke runs of text models): ids
+  in [2, vocab) padded with 0 (PAD) to `length`; task `label`: which of 4
+  marker tokens (2..5) the sequence holds most often, `long`: whether it is
+  longer than half of `length`. `cfg.synthetic` = {vocab, length,
+  num_train, num_test}."""
+  s = _synthetic_settings(cfg, dict(vocab=64, length=16, num_train=1024,
+                                    num_test=256))
+
+  def split(n: int, seed: int) -> Split:
+    r = np.random.default_rng(seed)
+    lengths = r.integers(2, s["length"] + 1, n)
+    ids = r.integers(2, s["vocab"], (n, s["length"]))
+    ids[np.arange(s["length"])[None] >= lengths[:, None]] = 0
+    counts = np.stack([(ids == t).sum(1) for t in (2, 3, 4, 5)], 1)
+    return make_split(ids.astype(np.float32),
+                      {"label": counts.argmax(1).astype(np.int32),
+                       "long": (lengths > s["length"] // 2).astype(np.int32)})
+  return Dataset("synthetic_text", split(s["num_train"], 1),
+                 split(s["num_test"], 2), {"label": 4, "long": 2})
 
 
 @DATASETS.register("mnist1d")

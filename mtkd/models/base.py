@@ -149,10 +149,16 @@ def feature_shape(model: MultiHead, input_shape, layer: str
   return tuple(int(d) for d in blocks[layer].shape[1:])
 
 
+def _frozen(value):
+  """Nested lists -> tuples: Flax modules hash their fields."""
+  if isinstance(value, list | tuple):
+    return tuple(_frozen(v) for v in value)
+  return value
+
+
 def build(cfg, num_classes: Mapping[str, int]) -> MultiHead:
   """Model from a config `{name, **trunk kwargs}` and per-task class counts."""
-  kwargs = {k: (tuple(v) if isinstance(v, list | tuple) else v)
-            for k, v in cfg.items() if k != "name"}
+  kwargs = {k: _frozen(v) for k, v in cfg.items() if k != "name"}
   trunk_cls = TRUNKS.get(cfg["name"])
   return MultiHead(trunk=trunk_cls(**kwargs),
                    heads=tuple((t, int(n)) for t, n in num_classes.items()))
