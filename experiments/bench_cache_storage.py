@@ -53,9 +53,9 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 
-from experiments.bench_common import machine, table
+from experiments.bench_common import DIM, C, machine, make_task, table
 from mtkd.methods import losses
-from mtkd.store import cache
+from mtkd.store import cache, sparse
 
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 20000,
                                      "Examples cached (N).")
@@ -72,7 +72,6 @@ _SEEDS = flags.DEFINE_integer("seeds", 2, "Seeds per downstream student.")
 _DIR = flags.DEFINE_string("dir", None, "Where to write the caches.")
 _QUICK = flags.DEFINE_bool("quick", False, "Small sizes.")
 
-C, DIM, SIGMA = 1000, 32, 1.3
 META = {"teacher": "bayes", "teacher_fingerprint": "synthetic",
         "dataset_fingerprint": "synthetic", "split": "train"}
 VARIANTS = {  # name -> (dtype, top_k)
@@ -80,18 +79,6 @@ VARIANTS = {  # name -> (dtype, top_k)
     "top-5": ("float32", 5), "top-20": ("float32", 20),
     "top-100": ("float32", 100),
 }
-
-
-def make_task(n: int, seed: int, means: np.ndarray | None = None):
-  """(x [n, DIM], labels [n], teacher logits [n, C] float32, means)."""
-  rng = np.random.default_rng(seed)
-  if means is None:
-    means = rng.normal(size=(C, DIM))
-  y = rng.integers(0, C, n)
-  x = means[y] + SIGMA * rng.normal(size=(n, DIM))
-  logits = (x @ means.T - 0.5 * (means**2).sum(1)) / SIGMA**2
-  return (x.astype(np.float32), y.astype(np.int32),
-          logits.astype(np.float32), means)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -208,8 +195,8 @@ def make_trainer(steps: int, batch: int, lr: float, temperature: float
 def renormalised(logits: np.ndarray, k: int) -> np.ndarray:
   """The top-k logits with the other classes at -1e4: the teacher
   renormalised over its top k (an alternative to the uniform tail)."""
-  vals, idx, lse, _ = cache.compress_top_k(logits, k)
-  return cache.expand_top_k(vals, idx, lse - 1e4, logits.shape[1])
+  vals, idx, lse, _ = sparse.top_k(logits, k)
+  return sparse.expand_uniform(vals, idx, lse - 1e4, logits.shape[1])
 
 
 def downstream_table(x, y, stored, means, args) -> str:

@@ -133,3 +133,20 @@ def table(headers: list[str], rows: list[list], title: str = "") -> str:
   column left-aligned, the rest right-aligned) under an optional title."""
   lines = [title] if title else []
   return "\n".join([*lines, report.markdown(headers, rows)])
+
+
+# A 1000-class task for the cache benchmarks (bench_cache_storage,
+# bench_sparse_tails): Gaussian classes, the teacher the Bayes posterior.
+C, DIM, SIGMA = 1000, 32, 1.3
+
+
+def make_task(n: int, seed: int, means: np.ndarray | None = None):
+  """(x [n, DIM], labels [n], teacher logits [n, C] float32, means)."""
+  rng = np.random.default_rng(seed)
+  if means is None:
+    means = rng.normal(size=(C, DIM))
+  y = rng.integers(0, C, n)
+  x = means[y] + SIGMA * rng.normal(size=(n, DIM))
+  logits = (x @ means.T - 0.5 * (means**2).sum(1)) / SIGMA**2
+  return (x.astype(np.float32), y.astype(np.int32),
+          logits.astype(np.float32), means)

@@ -36,6 +36,7 @@ BENCHMARKS = [
      [[], ["--num_examples=20000", "--num_classes=1000"]],
      [["--smoke"], ["--smoke", "--num_classes=1000"]]),
     ("bench_cache_storage.py", [[]], [["--quick"]]),
+    ("bench_sparse_tails.py", [[]], [["--quick"]]),
     ("bench_student_loop.py", [[]], [["--steps=50"]]),
     ("bench_input_pipeline.py", [[]], [["--quick"]]),
     ("bench_torch_vs_jax.py", [[]], [["--quick"]]),

@@ -137,9 +137,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.tasks = ml_collections.ConfigDict()  # {task: {weight, temperature, alpha}}
   c.cache = ml_collections.ConfigDict(dict(
       dtype="float32",     # Or 'float16' / 'bfloat16' (half the bytes).
-      # > 0: keep each row's top_k classification logits and spread the
-      # rest of the teacher's probability uniformly (README: Logit cache).
+      # > 0: keep each row's (each token's, for a sequence task) top_k
+      # classification logits, and of the rest
+      # of the teacher's probability (train split; README: Logit cache):
+      # 'uniform' spread it evenly, 'renormalized' drop it, 'bucket' keep
+      # its mass per temperature as one bin, 'sampled' draw top_k ids from
+      # the teacher instead (unbiased).
       top_k=0,
+      tail="uniform",
+      # Temperatures a bucket cache keeps tail masses for (a sampled cache:
+      # the one it draws at); empty = each task's distillation temperature.
+      temperatures=(),
       shard_size=16384,    # Examples per shard (unit of resume and writes).
   ))
 

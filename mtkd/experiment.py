@@ -44,7 +44,7 @@ def run(config, workdir: str, allow_config_change: bool = False,
     source = timed(timings, "source", SourceStage(config), r)
   t = train_teachers(r, source, timings)
 
-  model = models.build(config.student.model, ds.num_classes)
+  model = models.build(config.student.model, ds.num_classes, ds.kinds)
   data = StudentData.of(config, r)
   exported = {}
   for name, stage_plan in plan.stage_plan(config).items():

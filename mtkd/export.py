@@ -34,8 +34,9 @@ from mtkd.store import checkpoint, layout
 MODEL_FILE, META_FILE = "model.safetensors", "model.json"
 
 
-def variables_of(workdir: str, stage: str) -> tuple[dict, dict]:
-  """(exported variables, trunk config) of a stage's final checkpoint."""
+def variables_of(workdir: str, stage: str) -> tuple[dict, dict, dict]:
+  """(exported variables, trunk config, {task: kind}) of a stage's final
+  checkpoint."""
   directory = layout.checkpoints(os.path.join(workdir, stage))
   ckpt = checkpoint.Checkpointer(directory)
   try:
@@ -54,7 +55,7 @@ def variables_of(workdir: str, stage: str) -> tuple[dict, dict]:
   if not cfg:
     raise UserError(f"{directory} does not record its model's config; it "
                     "was not written by an mtkd stage.")
-  return jax.device_get(variables), cfg
+  return jax.device_get(variables), cfg, meta.get("kinds", {})
 
 
 def _flat(variables: dict) -> dict[str, np.ndarray]:
@@ -75,12 +76,13 @@ def _nested(flat: dict[str, np.ndarray]) -> dict:
 
 def save(workdir: str, stage: str, out: str) -> str:
   """Exports a stage's final model into the folder `out` (see above)."""
-  variables, cfg = variables_of(workdir, stage)
+  variables, cfg, kinds = variables_of(workdir, stage)
   heads = {k[len("head_"):]: int(v["kernel"].shape[-1])
            for k, v in variables["params"].items() if k.startswith("head_")}
   os.makedirs(out, exist_ok=True)
   save_file(_flat(variables), os.path.join(out, MODEL_FILE))
-  meta = {"model": cfg, "tasks": heads, "workdir": os.path.abspath(workdir),
+  meta = {"model": cfg, "tasks": heads, "kinds": kinds,
+          "workdir": os.path.abspath(workdir),
           "stage": stage, "fingerprint": models.fingerprint(variables)}
   with open(os.path.join(out, META_FILE), "w") as f:
     json.dump(meta, f, indent=1)
@@ -96,7 +98,7 @@ def load(path: str, stage: str | None = None) -> Callable:
   """`predict(inputs) -> {task: logits}` of an exported folder, or of a
   workdir's stage when `stage` is given."""
   if stage is not None:
-    variables, cfg = variables_of(path, stage)
+    variables, cfg, kinds = variables_of(path, stage)
     heads = {k[len("head_"):]: int(v["kernel"].shape[-1])
              for k, v in variables["params"].items() if k.startswith("head_")}
   else:
@@ -106,9 +108,9 @@ def load(path: str, stage: str | None = None) -> Callable:
                       "pass a workdir and a stage, or export.save first.")
     with open(meta_path) as f:
       meta = json.load(f)
-    cfg, heads = meta["model"], meta["tasks"]
+    cfg, heads, kinds = meta["model"], meta["tasks"], meta.get("kinds", {})
     variables = _nested(load_file(os.path.join(path, MODEL_FILE)))
-  model = models.build(cfg, heads)
+  model = models.build(cfg, heads, kinds)
   apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
 
   def predict(inputs) -> dict[str, np.ndarray]:

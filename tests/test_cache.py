@@ -10,7 +10,7 @@ import pytest
 
 from mtkd.errors import UserError
 from mtkd.stages import teachers
-from mtkd.store import cache
+from mtkd.store import cache, sparse
 
 META = {"teacher": "t", "teacher_fingerprint": "abc",
         "dataset_fingerprint": "def", "split": "train"}
@@ -211,19 +211,19 @@ def test_bfloat16_round_trip(tmp_path):
 
 
 def _rebuilt(x, k):
-  vals, idx, _, tail = cache.compress_top_k(x, k)
-  return cache.expand_top_k(vals, idx, tail, x.shape[1])
+  vals, idx, _, tail = sparse.top_k(x, k)
+  return sparse.expand_uniform(vals, idx, tail, x.shape[1])
 
 
 def test_top_k_reconstruction_keeps_top_k_and_tail_mass():
   x = _peaked(200, 50)
   p = _softmax(x)
   for k in (1, 5, 20):
-    vals, idx, lse, tail = cache.compress_top_k(x, k)
+    vals, idx, lse, tail = sparse.top_k(x, k)
     assert idx.dtype == np.int16 and vals.shape == (200, k)
     assert lse.shape == tail.shape == (200,)
     assert np.all(np.diff(vals, axis=1) <= 0)  # Descending.
-    q = _softmax(cache.expand_top_k(vals, idx, tail, 50))
+    q = _softmax(sparse.expand_uniform(vals, idx, tail, 50))
     top = idx.astype(np.intp)
     np.testing.assert_allclose(np.take_along_axis(q, top, 1),
                                np.take_along_axis(p, top, 1), rtol=1e-5)
@@ -257,7 +257,7 @@ def test_top_k_with_tiny_tail_mass_stays_finite():
   assert np.all(np.isfinite(rebuilt))
   np.testing.assert_allclose(rebuilt[:, 1:], 0.0)  # Mean of equal logits.
   np.testing.assert_allclose(_softmax(rebuilt)[:, 0], 1.0)
-  assert cache.compress_top_k(np.zeros((1, 40000)), 3)[1].dtype == np.int32
+  assert sparse.top_k(np.zeros((1, 40000)), 3)[1].dtype == np.int32
 
 
 def test_top_k_cache_round_trip_keeps_features_dense(tmp_path):

@@ -199,6 +199,11 @@ def test_multi_task_teacher_and_no_transfer_set(tmp_path, run_mtkd):
         c.weighting.dwa, "period", 0), "config.weighting.dwa.period"),
     (lambda c: setattr(c.cache, "dtype", "int8"), "cache dtype 'int8'"),
     (lambda c: setattr(c.cache, "top_k", -2), "top_k is -2"),
+    (lambda c: setattr(c.cache, "tail", "bucket"), "top_k is 0"),
+    (lambda c: c.cache.update(top_k=2, tail="bucket", temperatures=(1.0,)),
+     r"temperatures=\[1.0\] has no entry.*'digit': 2.0.*Fix"),
+    (lambda c: c.cache.update(top_k=2, tail="sampled",
+                              temperatures=(1.0, 2.0)), "one temperature"),
 ])
 def test_bad_config_fails_before_training(tmp_path, edit, match, run_mtkd):
   c = _smoke(name="digits")

@@ -223,7 +223,7 @@ def test_js_objective_matches_formula_and_checks_its_settings():
   for bad in (0.0, 1.0, -0.5):
     with pytest.raises(UserError, match=r"config.js.beta"):
       OBJECTIVES.get("js")({"beta": bad})
-  with pytest.raises(UserError, match="classification tasks only"):
+  with pytest.raises(UserError, match="classification, sequence tasks only"):
     OBJECTIVES.get("js")().check_tasks(
         (TaskSpec("m", 3, kind="multilabel"),), "config.student.stages.s")
 

@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from mtkd.data import idx
-from mtkd.data.datasets import DATASETS, Dataset, Split, make_split
+from mtkd.data.datasets import DATASETS, Dataset, Split, make_split, next_tokens
 from mtkd.errors import UserError
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
@@ -240,10 +240,12 @@ def synthetic_text(cfg) -> Dataset:
   """Generated token sequences (tests and smoke runs of text models): ids
   in [2, vocab) padded with 0 (PAD) to `length`; task `label`: which of 4
   marker tokens (2..5) the sequence holds most often, `long`: whether it is
-  longer than half of `length`. `cfg.synthetic` = {vocab, length,
-  num_train, num_test}."""
+  longer than half of `length`; with `cfg.lm_task` set, a sequence task of
+  that name: the next token at each position (`datasets.next_tokens`).
+  `cfg.synthetic` = {vocab, length, num_train, num_test}."""
   s = _synthetic_settings(cfg, dict(vocab=64, length=16, num_train=1024,
                                     num_test=256))
+  lm_task = str(cfg.get("lm_task", "") or "")
 
   def split(n: int, seed: int) -> Split:
     r = np.random.default_rng(seed)
@@ -251,11 +253,16 @@ def synthetic_text(cfg) -> Dataset:
     ids = r.integers(2, s["vocab"], (n, s["length"]))
     ids[np.arange(s["length"])[None] >= lengths[:, None]] = 0
     counts = np.stack([(ids == t).sum(1) for t in (2, 3, 4, 5)], 1)
-    return make_split(ids.astype(np.float32),
-                      {"label": counts.argmax(1).astype(np.int32),
-                       "long": (lengths > s["length"] // 2).astype(np.int32)})
+    labels = {"label": counts.argmax(1).astype(np.int32),
+              "long": (lengths > s["length"] // 2).astype(np.int32)}
+    if lm_task:
+      labels[lm_task] = next_tokens(ids)
+    return make_split(ids.astype(np.float32), labels)
+  sizes = {"label": 4, "long": 2, **({lm_task: s["vocab"]} if lm_task else {})}
   return Dataset("synthetic_text", split(s["num_train"], 1),
-                 split(s["num_test"], 2), {"label": 4, "long": 2})
+                 split(s["num_test"], 2), sizes,
+                 kinds={lm_task: "sequence"} if lm_task else {},
+                 vocabulary=f"synthetic_text-{s['vocab']}" if lm_task else "")
 
 
 @DATASETS.register("mnist1d")

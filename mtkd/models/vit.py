@@ -43,8 +43,9 @@ _dense = functools.partial(nn.Dense,
 
 
 class SelfAttention(nn.Module):
-  """Multi-head self-attention; `mask` [B, L] (True = attend to that key).
-  Softmax in float32 whatever the compute dtype."""
+  """Multi-head self-attention; `mask` [B, L] (True = attend to that key)
+  or [B, L, L] (query, key; e.g. causal). Softmax in float32 whatever the
+  compute dtype."""
   dim: int
   heads: int
   dtype: str
@@ -60,7 +61,8 @@ class SelfAttention(nn.Module):
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
     logits = logits * head_dim ** -0.5
     if mask is not None:
-      logits = jnp.where(mask[:, None, None, :], logits,
+      mask = mask[:, None, None, :] if mask.ndim == 2 else mask[:, None]
+      logits = jnp.where(mask, logits,
                          jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, n, self.dim)

@@ -3,7 +3,8 @@ outputs are stored by example id (`mtkd.store.cache`).
 
 A cache's metadata records the teacher's parameter fingerprint, the split's
 content fingerprint, the cached feature layer and the storage mode
-(`config.cache.dtype`, `config.cache.top_k`); opening checks them all, and
+(`config.cache.dtype`, `top_k`, `tail`, `temperatures`); opening checks them
+all, and
 the folder name carries the layer and storage mode (`mtkd.store.layout`),
 so a changed storage setting builds a new cache beside the old one.
 """
@@ -12,6 +13,8 @@ import jax
 
 from mtkd import distributed, models
 from mtkd.data.datasets import Dataset
+from mtkd.methods import tasks
+from mtkd.stages import plan
 from mtkd.stages.base import Run, Stage
 from mtkd.stages.teachers import Member
 from mtkd.store import cache
@@ -20,20 +23,38 @@ from mtkd.store.layout import CacheKey
 SPLITS = ("train", "test")
 
 
-def storage(config, member: Member, ds: Dataset) -> dict:
-  """The member's storage mode: `config.cache.top_k` applies to its
-  classification logits only (a top-k sigmoid or regression output has no
-  meaning); a member without them is stored dense."""
-  names = [t for t in member.tasks if ds.kind(t) == "classification"]
+def temperatures(config, member: Member, ds: Dataset) -> dict[str, list]:
+  """{task: [T, ...]} a bucket or sampled cache of the member stores:
+  `config.cache.temperatures`, or each task's distillation temperature."""
+  given = [float(t) for t in config.cache.get("temperatures") or ()]
+  specs = {s.name: s.temperature for s in plan.task_specs(config, ds)}
+  return {t: sorted(set(given or [specs[t]])) for t in member.tasks}
+
+
+def storage(config, member: Member, ds: Dataset, split: str = "train"
+            ) -> dict:
+  """The member's storage mode of `split`: `config.cache.top_k` applies to
+  its classification and sequence logits only (a top-k sigmoid or
+  regression output has no meaning); a member without them is stored dense. The tail mode
+  (`config.cache.tail`) applies to the train split; the test split, read
+  only for evaluation (top-1 and top-k are kept exactly), keeps the
+  uniform tail."""
+  names = [t for t in member.tasks
+           if ds.kind(t) in tasks.SOFTMAX_KINDS]
   top_k = config.cache.top_k if names else 0
-  return cache.storage_meta(config.cache.dtype, top_k, names)
+  tail = config.cache.get("tail", "uniform") if split == "train" else "uniform"
+  return cache.storage_meta(config.cache.dtype, top_k, names, tail,
+                            temperatures(config, member, ds))
 
 
 def cache_key(config, member: Member, ds: Dataset, split: str,
               layer: str = "") -> CacheKey:
   """Where the member's cache of `split` lives (`mtkd.store.layout`)."""
-  s = storage(config, member, ds)
-  return CacheKey(member.name, split, layer, s["dtype"], s["top_k"])
+  s = storage(config, member, ds, split)
+  temps = sorted({t for ts in s.get("tail_temperatures", {}).values()
+                  for t in ts})
+  return CacheKey(member.name, split, layer, s["dtype"], s["top_k"],
+                  s.get("tail", "uniform"), tuple(temps))
 
 
 class CacheStage(Stage):
@@ -64,11 +85,15 @@ class CacheStage(Stage):
 
   def settings(self, r: Run, split: str = "train") -> dict:
     """The metadata a cache must carry to be used (checked on opening)."""
+    vocabulary = {}
+    if any(r.ds.kind(t) == "sequence" for t in self.member.tasks):
+      # Before the dataset's fingerprint: the clearer error when both differ.
+      vocabulary = {"vocabulary": r.ds.vocabulary}
     return {"teacher": self.member.name,
             "teacher_fingerprint": self.fingerprint,
-            "split": split, "features": list(self.layers),
+            "split": split, "features": list(self.layers), **vocabulary,
             "dataset_fingerprint": getattr(r.ds, split).fingerprint(),
-            **storage(r.config, self.member, r.ds)}
+            **storage(r.config, self.member, r.ds, split)}
 
   def run(self, r: Run) -> dict[str, cache.LogitCache]:
     out = {}
@@ -81,11 +106,13 @@ class CacheStage(Stage):
           part = split.take(slice(start, stop))
           return part.ids, r.predict(self.model, self.params, part,
                                      self.layers)
-        s = storage(r.config, self.member, r.ds)
+        s = storage(r.config, self.member, r.ds, split_name)
         cache.build(directory, len(split), r.config.cache.shard_size,
                     predict, expected, s["dtype"],
                     jax.process_index(), jax.process_count(),
                     distributed.barrier, top_k=s["top_k"],
-                    top_k_names=s["top_k_names"])
+                    top_k_names=s["top_k_names"],
+                    tail=s.get("tail", "uniform"),
+                    temperatures=s.get("tail_temperatures"))
       out[split_name] = cache.LogitCache(directory, expected)
     return out

@@ -30,6 +30,26 @@ CHOICES = {"data": ("all", "labelled"), "init_parts": ("trunk", "model"),
 BASELINE = "baseline"
 
 
+def _check_cache(config, specs: tuple[TaskSpec, ...]) -> None:
+  """The storage settings, and a bucket or sampled tail at every
+  classification task's distillation temperature."""
+  c = config.cache
+  given = [float(t) for t in c.get("temperatures") or ()]
+  tail = c.get("tail", "uniform")
+  cache.storage_meta(c.dtype, c.top_k, ["logits"], tail,
+                     {"logits": given or [1.0]})
+  if not (c.top_k and given and tail in ("bucket", "sampled")):
+    return
+  missing = {s.name: s.temperature for s in specs
+             if s.kind in tasks.SOFTMAX_KINDS and s.temperature not in given}
+  if missing:
+    raise UserError(
+        f"config.cache.temperatures={given} has no entry for the "
+        f"distillation temperature of {missing}: a {tail!r} cache is exact "
+        "only at the temperatures it was built for. Fix: add them, or leave "
+        "config.cache.temperatures empty (each task's own temperature).")
+
+
 def task_specs(config, ds: Dataset) -> tuple[TaskSpec, ...]:
   """Per-task kind, weight, temperature and alpha: `config.distill`'s
   defaults, overridden per task by `config.tasks`."""
@@ -102,7 +122,7 @@ def check_config(config, ds: Dataset, mesh) -> tuple[TaskSpec, ...]:
   if config.nonfinite not in ("stop", "skip"):
     raise UserError(f"config.nonfinite is {config.nonfinite!r}; use 'stop' or "
                     "'skip'.")
-  cache.storage_meta(config.cache.dtype, config.cache.top_k, ["logits"])
+  _check_cache(config, specs)
   _check_eval(config, ds)
   for name in config.writers:
     WRITERS.get(name)

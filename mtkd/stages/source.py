@@ -52,7 +52,7 @@ class SourceStage(Stage):
                                                         c.batch_size))
     state = r.fit(
         SOURCE, self.writes(r)[0],
-        net=models.Net(models.build(c.model, src.num_classes)), tx=tx,
+        net=models.Net(models.build(c.model, src.num_classes, src.kinds)), tx=tx,
         objective=OBJECTIVES.get("supervised")(), tasks=specs,
         stream=streams.train_stream(src.train, src.train.labels,
                                     c.batch_size, r.config.seed),

@@ -47,6 +47,11 @@ class StudentData:
 
 
 def _hide_labels(y: np.ndarray, keep: np.ndarray, kind: str) -> np.ndarray:
+  """`y` outside the label budget `keep` marked missing. A sequence task's
+  targets are its input's own next tokens (self-supervised), so the budget
+  does not hide them."""
+  if kind == "sequence":
+    return y
   if kind == "regression":
     return np.where(keep[:, None], y, np.nan).astype(np.float32)
   k = keep if y.ndim == 1 else keep[:, None]
@@ -157,7 +162,8 @@ class StudentStage(Stage):
     c, t, needs = r.config, self.teachers, self.needs
     join = teacher_fn = None
     if needs.teachers and not self.online:
-      join = t.join(r.ds.tasks, needs.teacher_logits, bool(self.adaptors))
+      join = t.join(r.ds.tasks, needs.teacher_logits, bool(self.adaptors),
+                    {s.name: s.temperature for s in self.specs})
     if self.online:
       teacher_fn = t.online(r.ds.tasks, bool(self.adaptors))
     teacher_params = t.params if self.online else None

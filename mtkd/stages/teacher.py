@@ -56,7 +56,8 @@ class TeacherStage(Stage):
 
   def model(self, r: Run) -> models.MultiHead:
     return models.build(self.member.model_cfg,
-                        {t: r.ds.num_classes[t] for t in self.member.tasks})
+                        {t: r.ds.num_classes[t] for t in self.member.tasks},
+                        r.ds.kinds)
 
   def pretrained(self, r: Run) -> dict | None:
     """The weights `config.teacher.checkpoint` names, or None."""

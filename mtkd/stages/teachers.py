@@ -85,25 +85,38 @@ def feature_sources(members_: list[Member]) -> dict[str, str]:
   return {m.group: m.name for m in members_ if m.index == 0}
 
 
+def _stack(rows: list) -> np.ndarray | dict:
+  """K members' rows -> `[n, K, ...]`; sparse triples leaf by leaf. One
+  member (the common case) is a view, not another copy of the rows."""
+  if isinstance(rows[0], Mapping):
+    return {k: _stack([r[k] for r in rows]) for k in rows[0]}
+  return rows[0][:, None] if len(rows) == 1 else np.stack(rows, 1)
+
+
 class CachedJoin:
-  """Example ids -> teacher stacks and features, from per-member caches."""
+  """Example ids -> teacher stacks and features, from per-member caches.
+
+  A task cached in a non-uniform tail mode arrives as the sparse triple of
+  `mtkd.store.sparse` at the task's temperature (`temperatures`); the step
+  makes it dense (`mtkd.train.teacher_targets`).
+  """
 
   def __init__(self, caches: Mapping[str, cache.LogitCache],
                by_task: Mapping[str, list[str]],
                features: Mapping[str, str] | None = None,
-               layer: str = ""):
+               layer: str = "",
+               temperatures: Mapping[str, float] | None = None):
     self.caches, self.by_task = caches, by_task
     self.features, self.layer = features or {}, layer
+    self.temperatures = dict(temperatures or {})
 
   def __call__(self, ids: np.ndarray) -> dict:
-    looked = {name: c.lookup(ids) for name, c in self.caches.items()}
-    # One member (the common case) is a view, not another copy of the rows.
+    looked = {name: c.teacher_rows(ids, self.temperatures)
+              for name, c in self.caches.items()}
     out = {}
     if self.by_task:
-      out["teacher"] = {
-          task: (looked[names[0]][task][:, None] if len(names) == 1 else
-                 np.stack([looked[n][task] for n in names], 1))
-          for task, names in self.by_task.items()}
+      out["teacher"] = {task: _stack([looked[n][task] for n in names])
+                        for task, names in self.by_task.items()}
     if self.features:
       out["teacher_features"] = {
           group: looked[name][f"feat_{self.layer}"]
@@ -165,12 +178,15 @@ class Teachers:
     return np.stack([self.caches["test"][n].all_logits(task) for n in names],
                     1)
 
-  def join(self, tasks, logits: bool, features: bool) -> CachedJoin:
-    """Batch entries from the training caches: teacher stacks (`logits`)
-    and the groups' features (`features`)."""
+  def join(self, tasks, logits: bool, features: bool,
+           temperatures: Mapping[str, float] | None = None) -> CachedJoin:
+    """Batch entries from the training caches: teacher stacks (`logits`,
+    sparse ones at the task's temperature) and the groups' features
+    (`features`)."""
     return CachedJoin(self.caches["train"],
                       self.by_task(tasks) if logits else {},
-                      self.feature_groups if features else None, self.layer)
+                      self.feature_groups if features else None, self.layer,
+                      temperatures)
 
   def online(self, tasks, features: bool) -> Callable:
     """The frozen teachers as a function run inside the step."""

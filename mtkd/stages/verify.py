@@ -19,8 +19,9 @@ import numpy as np
 from mtkd import models
 from mtkd.data import datasets
 from mtkd.errors import UserError
+from mtkd.methods import tasks
 from mtkd.stages import plan, teachers
-from mtkd.store import cache, checkpoint
+from mtkd.store import cache, checkpoint, sparse
 from mtkd.store import layout as layout_lib
 from mtkd.store.layout import Layout
 from mtkd.train import sharding
@@ -66,6 +67,8 @@ def _check_caches(layout: Layout, ds: datasets.Dataset | None,
       continue
     expected = {"teacher": key.member, "split": key.split,
                 "dtype": key.dtype, "top_k": key.top_k}
+    if key.tail != "uniform":
+      expected["tail"] = key.tail
     if ds is not None and key.split in ("train", "test"):
       expected["dataset_fingerprint"] = getattr(ds, key.split).fingerprint()
     if key.member in teacher_params:
@@ -113,6 +116,39 @@ def _softmax(x: np.ndarray) -> np.ndarray:
   return e / e.sum(-1, keepdims=True)
 
 
+def _difference(c: cache.LogitCache, ids: np.ndarray, online: np.ndarray,
+                task: str, kind: str) -> tuple[str, float, float]:
+  """(what, difference, tolerance) between a cache's rows of `task` and
+  the re-run teacher's outputs `online`."""
+  # fp32 storage is exact up to reduction order; fp16/bf16 round logits.
+  tol = 1e-4 if c.meta.get("dtype", "float32") == "float32" else 2e-2
+  if task not in c.meta.get("top_k_names", ()):
+    if kind not in tasks.SOFTMAX_KINDS:
+      return "outputs", float(np.max(np.abs(online - c.lookup(ids)[task]))), tol
+    return "probabilities", float(np.max(np.abs(
+        _softmax(online) - _softmax(c.lookup(ids)[task])))), tol
+  stored = c.stored(ids, task)
+  if online.ndim == 3:  # A sequence task: one row per token, as stored.
+    n, length = online.shape[:2]
+    ids = (np.asarray(ids, np.int64)[:, None] * length
+           + np.arange(length)).reshape(-1)
+    online = online.reshape(n * length, -1)
+    stored = [s.reshape(n * length, *s.shape[2:]) for s in stored]
+  temps = c.meta.get("tail_temperatures", {}).get(task, ())
+  if c.tail == "sampled":  # Draws are a pure function of (seed, id, draw).
+    idx, counts = sparse.sample(online, ids, stored[0].shape[1], temps[0])
+    same = np.all((idx == stored[0]) & (counts == stored[1]), 1)
+    # A re-run's last-bit differences may move a draw across a CDF boundary.
+    return "rows with other draws (fraction)", float(1 - same.mean()), 0.05
+  top = np.asarray(stored[1], np.intp)
+  diff = np.abs(np.take_along_axis(_softmax(online), top, 1)
+                - np.exp(stored[0] - stored[2][:, None]))
+  if c.tail == "bucket":
+    diff = np.concatenate([diff, np.abs(sparse.tail_mass(online, top, temps)
+                                        - stored[4])], 1)
+  return "top-k probabilities and tail masses", float(np.max(diff)), tol
+
+
 def _check_teacher_outputs(config, layout: Layout, ds: datasets.Dataset,
                            teacher_params: dict[str, dict],
                            problems: list[str], sample: int = 256) -> None:
@@ -128,29 +164,24 @@ def _check_teacher_outputs(config, layout: Layout, ds: datasets.Dataset,
     if key.split != "train" or m is None or meta is None or (
         key.member not in teacher_params):
       continue
-    model = models.build(m.model_cfg, {t: ds.num_classes[t] for t in m.tasks})
+    model = models.build(m.model_cfg, {t: ds.num_classes[t] for t in m.tasks},
+                         ds.kinds)
     online = predict(model, teacher_params[key.member], part,
                      config.eval_batch_size, mesh)
     try:
-      cached = cache.LogitCache(directory, {}, verify=False).lookup(part.ids)
+      c = cache.LogitCache(directory, {}, verify=False)
+      c.rows(part.ids)
     except UserError as e:
       problems.append(str(e))
       continue
-    # fp32 storage is exact up to reduction order; fp16/bf16 round logits;
-    # top-k spreads the tail mass uniformly.
-    tol = 1e-4 if meta.get("dtype", "float32") == "float32" else 2e-2
-    tol = 0.1 if meta.get("top_k", 0) else tol
     for t in m.tasks:
-      if ds.kind(t) != "classification":
-        diff = float(np.max(np.abs(online[t] - cached[t])))
-      else:
-        diff = float(np.max(np.abs(_softmax(online[t]) - _softmax(cached[t]))))
+      what, diff, tol = _difference(c, part.ids, online[t], t, ds.kind(t))
       if not diff <= tol:
         problems.append(
             f"teacher cache {directory}: task {t!r} differs from re-running "
-            f"the teacher's final checkpoint on {len(part)} examples (max "
-            f"difference {diff:.3g} > {tol}). The cache is stale or corrupt: "
-            "delete it and re-run to rebuild it.")
+            f"the teacher's final checkpoint on {len(part)} examples ({what}: "
+            f"max difference {diff:.3g} > {tol}). The cache is stale or "
+            "corrupt: delete it and re-run to rebuild it.")
 
 
 def verify_workdir(config, workdir: str) -> list[str]:

@@ -6,29 +6,31 @@ Layout of one cache (one teacher, one split)::
     <dir>/shard-00000-of-00004/
         shard.json                      its examples, producer, file sha256s
         ids.npy                         int64 [n] example ids
-        logits_<name>.npy               [n, C] raw logits (before temperature)
+        logits_<name>.npy               [n, C] raw logits (before temperature;
+                                        [n, L, C] for a sequence task)
         topk_values_<name>.npy          top-k storage instead: [n, k] values,
         topk_indices_<name>.npy         [n, k] class indices (int16/int32),
         lse_<name>.npy                  [n] float32 logsumexp of the row,
         tail_<name>.npy                 [n] float32 logit of the other classes
 
 Arrays are named freely (task logits, or features such as "feat_trunk").
-Storage (`build(..., dtype, top_k=, top_k_names=)`, recorded in the metadata
-as `dtype`, `top_k`, `top_k_names`; see `storage_meta`):
+An array with a position axis (`[n, L, C]`, a sequence task) is recorded in
+the metadata's `positions` ({name: L}) and stored per token, dense or sparse.
+Storage (`build(..., dtype, top_k=, top_k_names=, tail=, temperatures=)`,
+recorded in the metadata, see `storage_meta`):
 
   dtype        float32, float16 or bfloat16 for dense arrays and top-k
                values; bfloat16 is stored as its raw uint16 bits (`.npy` has
                no bfloat16) and widened back on read. Reads are float32.
   top_k        0 = every array dense. Otherwise only the arrays named in
-               `top_k_names` (task logits; never features) keep their
-               min(top_k, C) largest logits per row, their class indices, the
-               row's logsumexp and one tail logit. `lookup` rebuilds dense
-               [n, C] logits in which the other C - k classes share the
-               remaining probability mass uniformly (`expand_top_k`): the
-               softmax of the rebuilt row equals the teacher's on the top k
-               and keeps the tail mass. (Its softmax at T > 1 does not: the
-               uniform tail softens into far more mass than the real tail;
-               experiments/README.md measures the cost.)
+               `top_k_names` (task logits; never features) are kept sparse,
+               in the `tail` mode (`mtkd.store.sparse`: uniform,
+               renormalized, bucket or sampled). `lookup` gives dense [n, C]
+               logits for host-side reads; `teacher_rows` gives what a
+               training step reads (dense for uniform, the sparse triple
+               otherwise).
+  tail_temperatures   {name: [T, ...]}: the temperatures a bucket cache
+               stored tail masses for, or the one T a sampled cache drew at.
 
 Shard i holds a contiguous block of the split's examples. In a multi-process
 run every process computes each shard's logits collectively and process
@@ -58,11 +60,12 @@ import ml_dtypes
 import numpy as np
 
 from mtkd.errors import UserError
+from mtkd.store import sparse
 
-FORMAT_VERSION = 3  # 3 added bfloat16 and top-k storage.
-READABLE_VERSIONS = (2, 3)  # 2: dense float32/float16 only.
+FORMAT_VERSION = 4  # 3 added bfloat16 and top-k, 4 the tail modes.
+READABLE_VERSIONS = (2, 3, 4)  # 2: dense float32/float16 only.
 DTYPES = ("float32", "float16", "bfloat16")
-STORAGE_KEYS = ("dtype", "top_k", "top_k_names")
+STORAGE_KEYS = ("dtype", "top_k", "top_k_names", "tail", "tail_temperatures")
 METADATA = "metadata.json"
 SHARD_META = "shard.json"
 
@@ -106,11 +109,16 @@ def _fix(directory: str) -> str:
 
 
 def storage_meta(dtype: str = "float32", top_k: int = 0,
-                 top_k_names: Collection[str] = ()) -> dict:
+                 top_k_names: Collection[str] = (), tail: str = "uniform",
+                 temperatures: Mapping[str, Sequence[float]] | None = None
+                 ) -> dict:
   """The metadata fields that describe how a cache stores its arrays.
 
   Add them to the `expected` dict of `LogitCache` so that a cache written
-  with another dtype or top-k setting is refused.
+  with another storage mode is refused. `temperatures` ({name: [T, ...]})
+  is what the bucket mode stores tail masses for and the one T the sampled
+  mode draws at. A uniform-tail cache records no tail keys (as before the
+  tail modes existed).
   """
   if dtype not in DTYPES:
     raise UserError(f"Teacher cache dtype {dtype!r} is not supported; use one "
@@ -118,11 +126,34 @@ def storage_meta(dtype: str = "float32", top_k: int = 0,
   if not isinstance(top_k, int) or top_k < 0:
     raise UserError(f"Teacher cache top_k is {top_k!r}; use 0 (dense) or a "
                     "positive number of classes to keep (config.cache.top_k).")
+  if tail not in sparse.TAILS:
+    raise UserError(f"config.cache.tail is {tail!r}; use one of "
+                    f"{list(sparse.TAILS)}.")
+  if tail != "uniform" and not top_k:
+    raise UserError(f"config.cache.tail={tail!r} keeps a sparse teacher, but "
+                    "config.cache.top_k is 0 (dense). Fix: set "
+                    "config.cache.top_k to the number of classes to keep.")
   if top_k and not top_k_names:
     raise ValueError("top_k > 0 needs top_k_names: the (logit) arrays to "
                      "store as top-k; features must stay dense.")
-  return {"dtype": dtype, "top_k": top_k,
-          "top_k_names": sorted(top_k_names) if top_k else []}
+  out = {"dtype": dtype, "top_k": top_k,
+         "top_k_names": sorted(top_k_names) if top_k else []}
+  if not top_k or tail == "uniform":
+    return out
+  out["tail"] = tail
+  if tail in ("bucket", "sampled"):
+    temps = {n: sorted({float(t) for t in (temperatures or {}).get(n, ())})
+             for n in sorted(top_k_names)}
+    for name, ts in temps.items():
+      if not ts or not all(t > 0 for t in ts) or (
+          tail == "sampled" and len(ts) != 1):
+        raise UserError(
+            f"config.cache.tail={tail!r} needs "
+            f"{'one temperature' if tail == 'sampled' else 'temperatures'} "
+            f"> 0 for {name!r}, got {ts}. Fix: set config.cache.temperatures "
+            "(empty = each task's distillation temperature).")
+    out["tail_temperatures"] = temps
+  return out
 
 
 def _encode(x: np.ndarray, dtype: str) -> np.ndarray:
@@ -148,92 +179,32 @@ def _decode(raw: np.ndarray, dtype: str) -> np.ndarray:
   return np.asarray(raw, np.float32)
 
 
-def _logsumexp(x: np.ndarray) -> np.ndarray:
-  """float64 logsumexp over the last axis."""
-  x = np.asarray(x, np.float64)
-  m = x.max(axis=-1, keepdims=True)
-  return m[..., 0] + np.log(np.exp(x - m).sum(axis=-1))
-
-
-def compress_top_k(logits: np.ndarray, k: int, dtype: str = "float32"
-                   ) -> tuple[np.ndarray, ...]:
-  """`[n, C]` logits -> top-k storage of each row, with k = min(k, C):
-
-  values   [n, k] the largest logits, descending, rounded to `dtype` (given
-           as float32);
-  indices  [n, k] their classes, int16 (int32 if C >= 32768);
-  lse      [n] float32 logsumexp of the row (top-k values so rounded);
-  tail     [n] float32 logit shared by the C - k other classes:
-           log(sum_tail e^x / (C - k)), so the rebuilt row keeps the tail
-           mass. Computed from the whole row in float64 at write time (exact
-           even for tiny tails, no cancellation) so a read is a fill and a
-           scatter; `lse` is kept for sparse losses (log p_i = value - lse).
-  """
-  x = np.asarray(logits, np.float32)
-  n, c = x.shape
-  k = min(k, c)
-  idx = np.argpartition(-x, k - 1, axis=1)[:, :k]
-  vals = np.take_along_axis(x, idx, axis=1)
-  order = np.argsort(-vals, axis=1, kind="stable")
-  idx = np.take_along_axis(idx, order, axis=1)
-  vals = _decode(_encode(np.take_along_axis(vals, order, axis=1), dtype),
-                 dtype)
-  top = _logsumexp(vals)
-  if k < c:
-    rest = x.copy()
-    np.put_along_axis(rest, idx, -np.inf, axis=1)
-    tail_lse = _logsumexp(rest)
-    lse = np.logaddexp(top, tail_lse)
-    tail = tail_lse - np.log(c - k)
-  else:  # No tail classes: the value is never used.
-    lse = top
-    tail = np.full(n, -np.inf)
-  return (vals, idx.astype(np.int16 if c < 32768 else np.int32),
-          lse.astype(np.float32), tail.astype(np.float32))
-
-
-def expand_top_k(values: np.ndarray, indices: np.ndarray, tail: np.ndarray,
-                 num_classes: int) -> np.ndarray:
-  """Top-k storage -> dense float32 `[n, C]` logits: `values` at `indices`,
-  the row's `tail` logit at the C - k other classes (see `compress_top_k`).
-
-  Softmax of the result: the teacher's probabilities on the top k and a
-  uniform share of the teacher's tail mass elsewhere.
-  """
-  v = np.asarray(values, np.float32)
-  n = v.shape[0]
-  out = np.empty((n, num_classes), np.float32)
-  out[:] = np.asarray(tail, np.float32)[:, None]
-  # A flat scatter measured 1.2-1.7x faster than np.put_along_axis here.
-  flat = np.asarray(indices, np.intp) + (
-      np.arange(n, dtype=np.intp) * num_classes)[:, None]
-  out.reshape(-1)[flat] = v
-  return out
-
-
-def _files(name: str, is_top_k: bool) -> tuple[str, ...]:
-  if is_top_k:
-    return (f"topk_values_{name}.npy", f"topk_indices_{name}.npy",
-            f"lse_{name}.npy", f"tail_{name}.npy")
+def _files(name: str, tail: str | None) -> tuple[str, ...]:
+  """Files of array `name`: dense (`tail` None) or sparse in mode `tail`."""
+  if tail is not None:
+    return sparse.files(name, tail)
   return (f"logits_{name}.npy",)
 
 
 def write_shard(directory: str, index: int, num_shards: int, ids: np.ndarray,
                 logits: Mapping[str, np.ndarray], producer: Mapping,
                 dtype: str = "float32", top_k: int = 0,
-                top_k_names: Collection[str] = ()) -> None:
+                top_k_names: Collection[str] = (), tail: str = "uniform",
+                temperatures: Mapping[str, Sequence[float]] | None = None
+                ) -> None:
   """Writes one shard atomically; an existing complete shard is kept.
 
-  Arrays named in `top_k_names` are stored as top-`top_k` (if top_k > 0).
+  Arrays named in `top_k_names` are stored sparse (if top_k > 0) in mode
+  `tail`, at `temperatures[name]` for the bucket and sampled modes.
   """
   final = os.path.join(directory, shard_name(index, num_shards))
   if os.path.isfile(os.path.join(final, SHARD_META)):
     return
   ids = np.asarray(ids, np.int64)
   for name, x in logits.items():
-    if x.ndim != 2 or x.shape[0] != len(ids):
+    if x.ndim not in (2, 3) or x.shape[0] != len(ids):
       raise ValueError(f"logits for {name!r} have shape {x.shape}, expected "
-                       f"[{len(ids)}, C].")
+                       f"[{len(ids)}, C] or [{len(ids)}, L, C].")
   unknown = set(top_k_names) - set(logits) if top_k else set()
   if unknown:
     raise ValueError(f"top_k_names {sorted(unknown)} are not among the "
@@ -244,11 +215,14 @@ def write_shard(directory: str, index: int, num_shards: int, ids: np.ndarray,
   arrays = {"ids.npy": ids}
   for name, x in logits.items():
     if top_k and name in top_k_names:
-      vals, idx, lse, tail = compress_top_k(x, top_k, dtype)
-      arrays.update(zip(_files(name, True),
-                        (_encode(vals, dtype), idx, lse, tail), strict=True))
+      parts = sparse.compress(
+          x, ids, top_k, tail, (temperatures or {}).get(name, ()),
+          rounding=lambda v: _decode(_encode(v, dtype), dtype))
+      if tail != "sampled":  # Values in the storage dtype.
+        parts = (_encode(parts[0], dtype), *parts[1:])
+      arrays.update(zip(_files(name, tail), parts, strict=True))
     else:
-      arrays[_files(name, False)[0]] = _encode(x, dtype)
+      arrays[_files(name, None)[0]] = _encode(x, dtype)
   files = {}
   for name, arr in arrays.items():
     path = os.path.join(tmp, name)
@@ -257,9 +231,11 @@ def write_shard(directory: str, index: int, num_shards: int, ids: np.ndarray,
       f.flush()
       os.fsync(f.fileno())
     files[name] = _sha256(path)
+  positions = {t: int(x.shape[1]) for t, x in logits.items() if x.ndim == 3}
   _write_json(os.path.join(tmp, SHARD_META), dict(
       producer, num_examples=len(ids), files=files,
-      num_classes={t: int(x.shape[1]) for t, x in logits.items()}))
+      num_classes={t: int(x.shape[-1]) for t, x in logits.items()},
+      **({"positions": positions} if positions else {})))
   _fsync_dir(tmp)
   os.rename(tmp, final)
   _fsync_dir(directory)
@@ -295,11 +271,15 @@ def finalize(directory: str, num_shards: int, meta: Mapping) -> None:
       s = json.load(f)
     shards.append({"name": name, "num_examples": s["num_examples"],
                    "files": s["files"]})
-  num_classes = json.load(open(os.path.join(
-      directory, shards[0]["name"], SHARD_META)))["num_classes"]
+  with open(os.path.join(directory, shards[0]["name"], SHARD_META)) as f:
+    first = json.load(f)
+  num_classes = first["num_classes"]
+  positions = ({"positions": first["positions"]} if "positions" in first
+               else {})
   metadata = dict(meta, format_version=FORMAT_VERSION,
                   num_examples=sum(s["num_examples"] for s in shards),
                   tasks=sorted(num_classes), num_classes=num_classes,
+                  **positions,
                   logits="raw (before temperature)", shards=shards)
   tmp = os.path.join(directory, METADATA + ".tmp")
   _write_json(tmp, metadata)
@@ -312,23 +292,25 @@ def build(directory: str, num_examples: int, shard_size: int,
           meta: Mapping, dtype: str, process_index: int = 0,
           process_count: int = 1,
           barrier: Callable[[str], None] = lambda name: None, *,
-          top_k: int = 0, top_k_names: Collection[str] = ()) -> None:
+          top_k: int = 0, top_k_names: Collection[str] = (),
+          tail: str = "uniform",
+          temperatures: Mapping[str, Sequence[float]] | None = None) -> None:
   """Builds (or finishes) a cache: `predict(start, stop) -> (ids, logits)`.
 
   Every process calls `predict` for every missing shard (it may be a
   collective computation); process `i % process_count` writes shard i.
-  `dtype`, `top_k` and `top_k_names` choose the storage (module docstring);
-  top-k applies only to the arrays in `top_k_names`.
+  `dtype`, `top_k`, `top_k_names`, `tail` and `temperatures` choose the
+  storage (module docstring); only the arrays in `top_k_names` are sparse.
   """
   if read_metadata(directory) is not None:
     raise UserError(f"Refusing to overwrite the existing teacher cache "
                     f"{directory}. Delete it first if it is really stale.")
-  storage = storage_meta(dtype, top_k, top_k_names)
+  storage = storage_meta(dtype, top_k, top_k_names, tail, temperatures)
   clash = {k: meta[k] for k in STORAGE_KEYS if k in meta and
-           meta[k] != storage[k]}
+           meta[k] != storage.get(k)}
   if clash:
     raise ValueError(f"meta says {clash} but the storage arguments give "
-                     f"{ {k: storage[k] for k in clash} }.")
+                     f"{ {k: storage.get(k) for k in clash} }.")
   producer = dict(meta, **storage)
   bounds = shard_bounds(num_examples, shard_size)
   os.makedirs(directory, exist_ok=True)
@@ -336,7 +318,8 @@ def build(directory: str, num_examples: int, shard_size: int,
     ids, logits = predict(*bounds[i])
     if i % process_count == process_index:
       write_shard(directory, i, len(bounds), ids, logits, producer, dtype,
-                  top_k, storage["top_k_names"])
+                  top_k, storage["top_k_names"], tail,
+                  storage.get("tail_temperatures"))
   barrier(f"cache shards written: {directory}")
   if process_index == 0:
     finalize(directory, len(bounds), producer)
@@ -372,11 +355,18 @@ class LogitCache:
                       f"{list(READABLE_VERSIONS)}. {fix}")
     meta.setdefault("top_k", 0)  # Version 2 caches are dense.
     meta.setdefault("top_k_names", [])
+    if "tail" not in expected and any(k in expected for k in STORAGE_KEYS):
+      # Expecting a uniform or dense cache (no tail keys) refuses the others.
+      expected = {"tail": None, "tail_temperatures": None, **expected}
     for key, want in expected.items():
       if meta.get(key) != want:
         why = (" (it was written with another storage mode: "
-               "config.cache.dtype / config.cache.top_k)"
+               "config.cache.dtype / top_k / tail / temperatures)"
                if key in STORAGE_KEYS else "")
+        if key == "vocabulary":
+          why = (" (the teacher's logits index another tokenizer's "
+                 "vocabulary, so token ids would not line up: check "
+                 "config.data.vocab_size and the tokenizer)")
         raise UserError(
             f"Teacher cache {directory} does not match: {key} is "
             f"{meta.get(key)!r} in the cache but {want!r} is expected{why}. "
@@ -388,6 +378,7 @@ class LogitCache:
     self.meta = meta
     self._dtype = meta.get("dtype", "float32")
     self._top_k = set(meta["top_k_names"]) if meta["top_k"] else set()
+    self.tail = meta.get("tail", "uniform")
     ids, self._shards = [], []
     for shard in meta["shards"]:
       ids.append(self._open_shard(shard, verify, fix))
@@ -418,9 +409,13 @@ class LogitCache:
       c, is_top_k = self.meta["num_classes"][t], t in self._top_k
       parts[t] = tuple(np.load(os.path.join(where, f), mmap_mode="r",
                                allow_pickle=False)
-                       for f in _files(t, is_top_k))
+                       for f in _files(t, self.tail if is_top_k else None))
       k = min(self.meta["top_k"], c)
-      want = ((n, k), (n, k), (n,), (n,)) if is_top_k else ((n, c),)
+      temps = self.meta.get("tail_temperatures", {}).get(t, ())
+      lead = (n, *([self.meta["positions"][t]]
+                   if t in self.meta.get("positions", {}) else []))
+      want = (sparse.shapes(lead, k, self.tail, len(temps)) if is_top_k
+              else ((*lead, c),))
       got = tuple(x.shape for x in parts[t])
       if got != want or ids.shape != (n,):
         raise UserError(f"Teacher cache {where}: {t} arrays have shapes "
@@ -451,17 +446,33 @@ class LogitCache:
     return rows
 
   def _decode(self, name: str, parts: Sequence[np.ndarray]) -> np.ndarray:
-    if name in self._top_k:
-      values, indices, _, tail = parts
-      return expand_top_k(_decode(values, self._dtype), indices, tail,
-                          self.meta["num_classes"][name])
-    return _decode(parts[0], self._dtype)
+    if name not in self._top_k:
+      return _decode(parts[0], self._dtype)
+    if self.tail != "sampled":
+      parts = (_decode(parts[0], self._dtype), *parts[1:])
+    (t, *_) = self.meta.get("tail_temperatures", {}).get(name, [1.0])
+    return sparse.dense(self.tail, parts, self.meta["num_classes"][name], t)
 
-  def lookup(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-    """`{name: float32 [n, C]}` for the given example ids, in their order."""
+  def _record(self, name: str, parts: Sequence[np.ndarray],
+              temperature: float) -> dict[str, np.ndarray]:
+    stored = self.meta.get("tail_temperatures", {})
+    col = sparse.column(stored, name, temperature)
+    if self.tail in ("bucket", "sampled") and col is None:
+      raise UserError(
+          f"Teacher cache {self.directory} keeps {name!r} in the "
+          f"{self.tail!r} tail mode for temperature(s) {stored.get(name)}, "
+          f"but the student distils it at T={temperature}. Fix: add "
+          f"{temperature} to config.cache.temperatures (a new cache is built "
+          "beside this one) or distil at a stored temperature.")
+    if self.tail != "sampled":
+      parts = (_decode(parts[0], self._dtype), *parts[1:])
+    return sparse.record(self.tail, parts, col or 0, temperature)
+
+  def _gather(self, ids: np.ndarray) -> dict[str, list[np.ndarray]]:
+    """The stored arrays' rows of `ids`, per name, in their order."""
     rows = self.rows(ids)
     if len(self._shards) == 1:  # Plain gather: fastest measured.
-      return {t: self._decode(t, [x[rows] for x in parts])
+      return {t: [x[rows] for x in parts]
               for t, parts in self._shards[0].items()}
     shard = np.searchsorted(self._starts, rows, side="right") - 1
     gathered = {t: [np.empty((len(rows), *x.shape[1:]), x.dtype)
@@ -472,7 +483,34 @@ class LogitCache:
       for t, parts in self._shards[s].items():
         for out, x in zip(gathered[t], parts, strict=True):
           out[sel] = x[local]
-    return {t: self._decode(t, parts) for t, parts in gathered.items()}
+    return gathered
+
+  def lookup(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """`{name: float32 [n, C] or [n, L, C]}` for the given ids, in order
+    (sparse arrays as dense logits: `mtkd.store.sparse.dense`)."""
+    return {t: self._decode(t, parts) for t, parts in self._gather(ids).items()}
+
+  def teacher_rows(self, ids: np.ndarray,
+                   temperatures: Mapping[str, float]) -> dict:
+    """What a training step reads: dense `[n, C]` arrays as `lookup` gives
+    them, and for arrays in a non-uniform tail mode the sparse triple
+    `{values, indices, tail}` at the array's temperature
+    (`mtkd.store.sparse.record`)."""
+    out = {}
+    for t, parts in self._gather(ids).items():
+      if t in self._top_k and self.tail != "uniform":
+        out[t] = self._record(t, parts, temperatures[t])
+      else:
+        out[t] = self._decode(t, parts)
+    return out
+
+  def stored(self, ids: np.ndarray, name: str) -> list[np.ndarray]:
+    """The stored arrays of sparse `name` (`sparse.files` order) for `ids`,
+    top-k values widened to float32."""
+    parts = self._gather(ids)[name]
+    if self.tail != "sampled":
+      parts[0] = _decode(parts[0], self._dtype)
+    return parts
 
   def all_logits(self, task: str) -> np.ndarray:
     """`[N, C]` float32 values of array `task` in cache order."""

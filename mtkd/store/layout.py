@@ -14,7 +14,7 @@ The teacher root is the workdir unless `config.teacher.workdir` names
 another run's, so sweeps share teachers and caches. A cache folder's
 suffix records what the cache holds beyond dense float32 logits:
 `-feat_<layer>` when it also holds a feature layer, and `-<dtype>` /
-`-top<k>` for another storage mode. Caches that differ in any of these
+`-top<k>`, `-<tail>` and `-T<temperatures>` for another storage mode. Caches that differ in any of these
 live side by side, so changing `config.cache.dtype` builds a new cache
 instead of reusing (or overwriting) the old one.
 """
@@ -28,7 +28,8 @@ RUN_RECORDS = ("config.json", "command.txt", "versions.json", "git.txt")
 SOURCE = "source"
 _CACHE_NAME = re.compile(
     r"^(?P<member>.+?)(?:-feat_(?P<layer>[^-]+))?(?:-(?P<dtype>float16|"
-    r"bfloat16))?(?:-top(?P<top_k>\d+))?$")
+    r"bfloat16))?(?:-top(?P<top_k>\d+))?(?:-(?P<tail>renormalized|bucket|"
+    r"sampled))?(?:-T(?P<temps>[0-9._e+-]+))?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,12 +40,17 @@ class CacheKey:
   layer: str = ""        # Cached feature layer ('' = logits only).
   dtype: str = "float32"
   top_k: int = 0
+  tail: str = "uniform"  # Sparse tail mode (train caches).
+  temperatures: tuple[float, ...] = ()  # Of a bucket or sampled tail.
 
   @property
   def name(self) -> str:
     return (self.member + (f"-feat_{self.layer}" if self.layer else "")
             + (f"-{self.dtype}" if self.dtype != "float32" else "")
-            + (f"-top{self.top_k}" if self.top_k else ""))
+            + (f"-top{self.top_k}" if self.top_k else "")
+            + (f"-{self.tail}" if self.tail != "uniform" else "")
+            + ("-T" + "_".join(f"{t:g}" for t in self.temperatures)
+               if self.temperatures else ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +110,11 @@ class Layout:
       m = _CACHE_NAME.match(name)
       if m is None or not os.path.isdir(path):
         continue
+      temps = tuple(float(t) for t in m["temps"].split("_")) if m[
+          "temps"] else ()
       out.append((CacheKey(m["member"], split, m["layer"] or "",
-                           m["dtype"] or "float32", int(m["top_k"] or 0)),
-                  path))
+                           m["dtype"] or "float32", int(m["top_k"] or 0),
+                           m["tail"] or "uniform", temps), path))
     return out
 
 

@@ -135,6 +135,7 @@ def fit(job: TrainJob, placement: Placement) -> TrainState:
   ckpt.quarantine_unfinished()
   meta = {"stage": job.name, "config": job.config,
           "config_hash": configs_util.fingerprint(job.config),
+          "kinds": {t.name: t.kind for t in job.tasks},
           # The stream is indexed by step: resuming at step s reads ds[s:].
           "data": "step-indexed grain.MapDataset; next batch = state.step"}
   start, state = _restore(job, ckpt, state)

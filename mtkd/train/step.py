@@ -21,6 +21,7 @@ from mtkd.methods import weighting as weighting_lib
 from mtkd.methods.objectives import Context, Objective, TaskSpec, term_means
 from mtkd.methods.weighting import Weighting
 from mtkd.models import flatten, with_axis_name
+from mtkd.train import teacher_targets
 
 
 class TrainState(struct.PyTreeNode):
@@ -129,9 +130,19 @@ def _objective_terms(net: nn.Module, objective: Objective,
   gradient is the whole batch's (exact for models without BatchNorm, which
   sees micro-batch statistics, as in PyTorch's gradient accumulation). The
   micro-batches are unrolled, not a `lax.scan`: XLA:CPU runs convolutions
-  inside loops ~30x slower (jax issue 12868)."""
+  inside loops ~30x slower (jax issue 12868).
+
+  A sparse cache's teacher rows (`values`, `indices`, `tail`) become dense
+  target logits here, after the forward pass, because the bucket and
+  sampled tails depend on the student's own probabilities
+  (`teacher_targets`); every objective then sees dense teacher logits."""
+  temperatures = {t.name: t.temperature for t in tasks}
+
   def one(params, model_state, inputs, batch, rng, ctx):
     out, model_state = _forward(net, params, model_state, inputs, rng)
+    if any(map(teacher_targets.is_sparse, batch.get("teacher", {}).values())):
+      batch = dict(batch, teacher=teacher_targets.densify(
+          out["logits"], batch["teacher"], temperatures))
     terms, metrics = objective(out, batch, tasks, ctx)
     return terms, metrics, model_state
 
