@@ -95,6 +95,9 @@ def test_evaluate_reports_per_token_metrics():
   lt, ls = _log_softmax(teacher[keep] / 2), _log_softmax(logits[keep] / 2)
   np.testing.assert_allclose(got["kl"], np.mean(np.sum(
       np.exp(lt) * (lt - ls), -1)))
+  # Summed over chunks of tokens (memory), the same numbers.
+  chunked = tasks._evaluate_tokens(spec, logits, labels, teacher, chunk=3)
+  assert chunked == pytest.approx(got, rel=1e-12)
 
 
 def _lm(**kw):

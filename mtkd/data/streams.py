@@ -23,6 +23,7 @@ import grain
 import numpy as np
 
 from mtkd import distributed
+from mtkd.data import views
 from mtkd.data.datasets import Split, to_float
 
 Batch = dict[str, object]
@@ -100,18 +101,48 @@ class _PadThenSlice:
     return rows[share], mask[share]
 
 
+class ReplayViews:
+  """Batch index -> a batch whose examples each replay one of their K
+  cached views (`mtkd.data.views`): the view drawn for (`seed`, id,
+  epoch), the teacher join keyed by (id, view), and `view_seed` for the
+  step to re-render the view as the cache did (from `view_seed`)."""
+
+  def __init__(self, shuffle: EpochShuffle, gather: Gather, join: JoinFn,
+               num_views: int, seed: int, view_seed: int):
+    self.shuffle, self.gather, self.join = shuffle, gather, join
+    self.num_views, self.seed, self.view_seed = num_views, seed, view_seed
+
+  def __call__(self, k: int) -> Batch:
+    b = self.shuffle.batch_size
+    epochs = np.arange(k * b, (k + 1) * b) // len(self.shuffle.rows)
+    share = distributed.process_rows(b)
+    rows, epochs = self.shuffle(k)[share], epochs[share]
+    batch = self.gather(rows)
+    ids = batch["ids"]
+    v = views.view_index(self.seed, ids, epochs, self.num_views)
+    batch.update(self.join(views.view_ids(ids, v, self.num_views)))
+    batch["view_seed"] = views.view_seed(self.view_seed, ids, v)
+    return batch
+
+
 def train_stream(split: Split, labels: Mapping[str, np.ndarray],
                  batch_size: int, seed: int, rows: np.ndarray | None = None,
-                 join: JoinFn | None = None) -> grain.MapDataset:
+                 join: JoinFn | None = None, num_views: int = 0,
+                 view_seed: int = 0) -> grain.MapDataset:
   """An infinite, seeded, per-epoch reshuffled stream of full batches.
 
   `batch_size` is global; each process gets its share. `rows` restricts
   sampling to a subset of the split (e.g. labelled examples); `labels` are
-  the labels the model may see (-1 = none).
+  the labels the model may see (-1 = none). With `num_views` K > 0 the
+  join reads a view cache (`ReplayViews`).
   """
   rows = np.arange(len(split)) if rows is None else np.asarray(rows, np.int64)
+  shuffle = EpochShuffle(rows, batch_size, seed)
+  if num_views:
+    return grain.MapDataset.range(2**62).map(ReplayViews(
+        shuffle, Gather(split, labels), join, num_views, seed, view_seed))
   return (grain.MapDataset.range(2**62)
-          .map(EpochShuffle(rows, batch_size, seed)).map(_this_process)
+          .map(shuffle).map(_this_process)
           .map(Gather(split, labels, join)))
 
 

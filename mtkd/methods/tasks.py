@@ -19,6 +19,7 @@ classification over the vocabulary, so its terms and metrics are (sum,
 count) over tokens, exact across devices and hosts like every other term.
 """
 
+import collections
 import dataclasses
 from collections.abc import Callable
 
@@ -233,15 +234,39 @@ def evaluate(spec: TaskSpec, outputs: np.ndarray, labels: np.ndarray,
   k = kind(spec)
   outputs, labels = np.asarray(outputs), np.asarray(labels)
   if k.per_token:
-    keep = labels.reshape(-1) >= 0
-    outputs = outputs.reshape(-1, outputs.shape[-1])[keep]
-    labels = labels.reshape(-1)[keep]
-    if teacher is not None:
-      teacher = np.asarray(teacher).reshape(-1, outputs.shape[-1])[keep]
+    return _evaluate_tokens(spec, outputs, labels, teacher)
   keep = np.asarray(k.labelled(jnp.asarray(labels)))
   out = k.evaluate(outputs[keep], labels[keep])
   if teacher is not None:
     out.update(k.agreement(outputs, np.asarray(teacher), spec.temperature))
+  return out
+
+
+def _evaluate_tokens(spec: TaskSpec, outputs: np.ndarray, labels: np.ndarray,
+                     teacher: np.ndarray | None, chunk: int = 8192) -> dict:
+  """`evaluate` of a sequence task: the real tokens' metrics, summed over
+  chunks of tokens, so the float64 work never holds [N * L, V] at once."""
+  v = outputs.shape[-1]
+  keep = labels.reshape(-1) >= 0
+  rows = np.flatnonzero(keep)
+  flat, y = outputs.reshape(-1, v), labels.reshape(-1)
+  flat_t = None if teacher is None else np.asarray(teacher).reshape(-1, v)
+  sums = collections.Counter()
+  for s in range(0, len(rows), chunk):
+    r = rows[s:s + chunk]
+    part = _eval_classification(flat[r], y[r])
+    sums["correct"] += part["accuracy"] * len(r)
+    sums["nll"] += part["loss"] * len(r)
+    if flat_t is not None:
+      agree = _agree_classification(flat[r], flat_t[r], spec.temperature)
+      for key, value in agree.items():
+        sums[key] += value * len(r)
+  n = max(len(rows), 1)
+  loss = sums["nll"] / n
+  out = {"accuracy": sums["correct"] / n, "loss": loss,
+         "count": len(rows), "perplexity": float(np.exp(loss))}
+  if flat_t is not None:
+    out.update({key: sums[key] / n for key in ("agreement", "kl", "kl_t1")})
   return out
 
 

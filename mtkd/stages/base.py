@@ -64,6 +64,7 @@ class Run:
         writers=tuple(c.writers), writer_settings=wandb,
         log_every=c.log_every, checkpoint_every=c.checkpoint_every,
         nonfinite=c.nonfinite, prefetch=c.get("prefetch_to_device", 0),
+        split_step=c.get("split_step", False),
         allow_config_change=self.allow_config_change, **job), self.placement)
 
   def predict(self, model, params, split: Split, layers=()) -> dict:

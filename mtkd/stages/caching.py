@@ -10,14 +10,18 @@ so a changed storage setting builds a new cache beside the old one.
 """
 
 import jax
+import numpy as np
 
-from mtkd import distributed, models
-from mtkd.data.datasets import Dataset
+from mtkd import configs_util, distributed, models
+from mtkd.data import augment
+from mtkd.data import views as views_lib
+from mtkd.data.datasets import Dataset, Split, to_float
 from mtkd.methods import tasks
 from mtkd.stages import plan
 from mtkd.stages.base import Run, Stage
 from mtkd.stages.teachers import Member
 from mtkd.store import cache
+from mtkd.store.fingerprint import tree_fingerprint
 from mtkd.store.layout import CacheKey
 
 SPLITS = ("train", "test")
@@ -47,6 +51,23 @@ def storage(config, member: Member, ds: Dataset, split: str = "train"
                             temperatures(config, member, ds))
 
 
+def views(config, split: str = "train") -> int:
+  """Replayed augmented views per example in the cache of `split`
+  (`config.cache.views`; the test split is never augmented)."""
+  return int(config.cache.get("views", 0)) if split == "train" else 0
+
+
+def view_settings(config, split: str = "train") -> dict:
+  """What a view cache must match: K, the views' seed and the
+  augmentation that renders them (`config.student.augment`)."""
+  k = views(config, split)
+  if not k:
+    return {}
+  return {"views": k, "view_seed": int(config.cache.view_seed),
+          "augment": tree_fingerprint(
+              configs_util.to_dict(config.student.augment) or {})}
+
+
 def cache_key(config, member: Member, ds: Dataset, split: str,
               layer: str = "") -> CacheKey:
   """Where the member's cache of `split` lives (`mtkd.store.layout`)."""
@@ -54,7 +75,8 @@ def cache_key(config, member: Member, ds: Dataset, split: str,
   temps = sorted({t for ts in s.get("tail_temperatures", {}).values()
                   for t in ts})
   return CacheKey(member.name, split, layer, s["dtype"], s["top_k"],
-                  s.get("tail", "uniform"), tuple(temps))
+                  s.get("tail", "uniform"), tuple(temps),
+                  views(config, split))
 
 
 class CacheStage(Stage):
@@ -93,7 +115,8 @@ class CacheStage(Stage):
             "teacher_fingerprint": self.fingerprint,
             "split": split, "features": list(self.layers), **vocabulary,
             "dataset_fingerprint": getattr(r.ds, split).fingerprint(),
-            **storage(r.config, self.member, r.ds, split)}
+            **storage(r.config, self.member, r.ds, split),
+            **view_settings(r.config, split)}
 
   def run(self, r: Run) -> dict[str, cache.LogitCache]:
     out = {}
@@ -102,12 +125,24 @@ class CacheStage(Stage):
       directory = r.layout.cache(key)
       expected = self.settings(r, split_name)
       if cache.read_metadata(directory) is None:
-        def predict(start, stop, split=split):
-          part = split.take(slice(start, stop))
+        k = views(r.config, split_name)
+        render = views_lib.renderer(augment.make(
+            r.config.student.augment)) if k else None
+
+        def predict(start, stop, split=split, k=k, render=render):
+          if not k:
+            part = split.take(slice(start, stop))
+          else:  # Virtual row i: view i % K of example i // K.
+            ex, v = np.divmod(np.arange(start, stop), k)
+            part = split.take(ex)
+            seeds = views_lib.view_seed(r.config.cache.view_seed, part.ids, v)
+            part = Split(render(to_float(part.x), seeds), part.labels,
+                         views_lib.view_ids(part.ids, v, k))
           return part.ids, r.predict(self.model, self.params, part,
                                      self.layers)
         s = storage(r.config, self.member, r.ds, split_name)
-        cache.build(directory, len(split), r.config.cache.shard_size,
+        cache.build(directory, len(split) * max(k, 1),
+                    r.config.cache.shard_size,
                     predict, expected, s["dtype"],
                     jax.process_index(), jax.process_count(),
                     distributed.barrier, top_k=s["top_k"],

@@ -12,6 +12,7 @@ import importlib.util
 import numpy as np
 
 from mtkd import configs_util
+from mtkd.data import augment
 from mtkd.data.datasets import Dataset
 from mtkd.errors import UserError
 from mtkd.methods import objectives, tasks, weighting
@@ -34,6 +35,7 @@ def _check_cache(config, specs: tuple[TaskSpec, ...]) -> None:
   """The storage settings, and a bucket or sampled tail at every
   classification task's distillation temperature."""
   c = config.cache
+  _check_views(config)
   given = [float(t) for t in c.get("temperatures") or ()]
   tail = c.get("tail", "uniform")
   cache.storage_meta(c.dtype, c.top_k, ["logits"], tail,
@@ -48,6 +50,22 @@ def _check_cache(config, specs: tuple[TaskSpec, ...]) -> None:
         f"distillation temperature of {missing}: a {tail!r} cache is exact "
         "only at the temperatures it was built for. Fix: add them, or leave "
         "config.cache.temperatures empty (each task's own temperature).")
+
+
+def _check_views(config) -> None:
+  """`config.cache.views`: a count, and something to render views with."""
+  k, seed = config.cache.get("views", 0), config.cache.get("view_seed", 0)
+  if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+    raise UserError(f"config.cache.views={k!r}: use 0 (cache the "
+                    "un-augmented inputs) or the number K >= 1 of augmented "
+                    "views to cache per training example.")
+  if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+    raise UserError(f"config.cache.view_seed={seed!r}: use an integer >= 0.")
+  if k and augment.make(config.student.get("augment")) is None:
+    raise UserError(
+        f"config.cache.views={k} caches augmented views, but "
+        "config.student.augment turns no augmentation on. Fix: set "
+        "config.student.augment (e.g. max_shift=2) or config.cache.views=0.")
 
 
 def task_specs(config, ds: Dataset) -> tuple[TaskSpec, ...]:

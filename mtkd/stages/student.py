@@ -141,6 +141,8 @@ class StudentStage(Stage):
       if not self.online:
         out["cache"] = {m.name: caching.storage(c, m, r.ds)
                         for m in self.teachers.members}
+        if caching.views(c):
+          out["views"] = caching.view_settings(c)
     key = self.objective.settings_key
     if key:
       out[key] = configs_util.to_dict(c[key])
@@ -161,9 +163,11 @@ class StudentStage(Stage):
     model's running statistics, evaluated as a model of its own."""
     c, t, needs = r.config, self.teachers, self.needs
     join = teacher_fn = None
+    num_views = 0
     if needs.teachers and not self.online:
       join = t.join(r.ds.tasks, needs.teacher_logits, bool(self.adaptors),
                     {s.name: s.temperature for s in self.specs})
+      num_views = caching.views(c)
     if self.online:
       teacher_fn = t.online(r.ds.tasks, bool(self.adaptors))
     teacher_params = t.params if self.online else None
@@ -186,7 +190,9 @@ class StudentStage(Stage):
         self.name, self.writes(r)[0], net=self.net, tx=tx,
         objective=self.objective, tasks=self.specs,
         stream=streams.train_stream(r.ds.train, self.data.labels, batch,
-                                    c.seed, rows=rows, join=join),
+                                    c.seed, rows=rows, join=join,
+                                    num_views=num_views,
+                                    view_seed=c.cache.view_seed),
         num_steps=self.plan["steps"], batch_size=batch,
         config=self.settings(r), weighting=wfn,
         augment=augment.make(c.student.get("augment")), teacher=teacher_fn,

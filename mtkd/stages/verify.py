@@ -17,7 +17,8 @@ import jax
 import numpy as np
 
 from mtkd import models
-from mtkd.data import datasets
+from mtkd.data import augment, datasets
+from mtkd.data import views as views_lib
 from mtkd.errors import UserError
 from mtkd.methods import tasks
 from mtkd.stages import plan, teachers
@@ -77,7 +78,11 @@ def _check_caches(layout: Layout, ds: datasets.Dataset | None,
     try:
       c = cache.LogitCache(directory, expected, verify=True)
       if ds is not None and key.split in ("train", "test"):
-        c.rows(getattr(ds, key.split).ids)  # Every example has its logits.
+        ids = getattr(ds, key.split).ids
+        if key.views:  # Every (example, view) has its logits.
+          ids = views_lib.view_ids(np.repeat(ids, key.views), np.tile(
+              np.arange(key.views), len(ids)), key.views)
+        c.rows(ids)  # Every example has its logits.
     except UserError as e:
       problems.append(str(e))
 
@@ -154,7 +159,9 @@ def _check_teacher_outputs(config, layout: Layout, ds: datasets.Dataset,
                            problems: list[str], sample: int = 256) -> None:
   """Re-runs each teacher on the first `sample` training examples and
   compares its outputs with every train cache of it (TinyViT-style check
-  that a cache holds what the teacher computes)."""
+  that a cache holds what the teacher computes). A view cache is checked
+  on one seeded random view of each, re-rendered from (view_seed, id,
+  view)."""
   mesh = sharding.make_mesh(config.mesh)
   part = ds.train.take(slice(0, min(sample, len(ds.train))))
   by_member = {m.name: m for m in teachers.members(config, ds.tasks)}
@@ -166,16 +173,25 @@ def _check_teacher_outputs(config, layout: Layout, ds: datasets.Dataset,
       continue
     model = models.build(m.model_cfg, {t: ds.num_classes[t] for t in m.tasks},
                          ds.kinds)
-    online = predict(model, teacher_params[key.member], part,
+    rendered = part
+    if key.views:
+      v = np.random.default_rng(0).integers(0, key.views, len(part))
+      seeds = views_lib.view_seed(meta.get("view_seed", 0), part.ids, v)
+      render = views_lib.renderer(augment.make(config.student.augment))
+      rendered = datasets.Split(render(datasets.to_float(part.x), seeds),
+                                part.labels, views_lib.view_ids(
+                                    part.ids, v, key.views))
+    online = predict(model, teacher_params[key.member], rendered,
                      config.eval_batch_size, mesh)
     try:
       c = cache.LogitCache(directory, {}, verify=False)
-      c.rows(part.ids)
+      c.rows(rendered.ids)
     except UserError as e:
       problems.append(str(e))
       continue
     for t in m.tasks:
-      what, diff, tol = _difference(c, part.ids, online[t], t, ds.kind(t))
+      what, diff, tol = _difference(c, rendered.ids, online[t], t,
+                                    ds.kind(t))
       if not diff <= tol:
         problems.append(
             f"teacher cache {directory}: task {t!r} differs from re-running "

@@ -363,6 +363,10 @@ class LogitCache:
         why = (" (it was written with another storage mode: "
                "config.cache.dtype / top_k / tail / temperatures)"
                if key in STORAGE_KEYS else "")
+        if key in ("augment", "view_seed"):
+          why = (" (its views were rendered with another augmentation: "
+                 "config.student.augment / config.cache.view_seed; set them "
+                 "back, or delete this cache to render new views)")
         if key == "vocabulary":
           why = (" (the teacher's logits index another tokenizer's "
                  "vocabulary, so token ids would not line up: check "

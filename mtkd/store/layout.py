@@ -14,7 +14,9 @@ The teacher root is the workdir unless `config.teacher.workdir` names
 another run's, so sweeps share teachers and caches. A cache folder's
 suffix records what the cache holds beyond dense float32 logits:
 `-feat_<layer>` when it also holds a feature layer, and `-<dtype>` /
-`-top<k>`, `-<tail>` and `-T<temperatures>` for another storage mode. Caches that differ in any of these
+`-top<k>`, `-<tail>` and `-T<temperatures>` for another storage mode, and
+`-views<K>` for K replayed augmented views per example (`mtkd.data.views`).
+Caches that differ in any of these
 live side by side, so changing `config.cache.dtype` builds a new cache
 instead of reusing (or overwriting) the old one.
 """
@@ -29,7 +31,7 @@ SOURCE = "source"
 _CACHE_NAME = re.compile(
     r"^(?P<member>.+?)(?:-feat_(?P<layer>[^-]+))?(?:-(?P<dtype>float16|"
     r"bfloat16))?(?:-top(?P<top_k>\d+))?(?:-(?P<tail>renormalized|bucket|"
-    r"sampled))?(?:-T(?P<temps>[0-9._e+-]+))?$")
+    r"sampled))?(?:-T(?P<temps>[0-9._e+-]+))?(?:-views(?P<views>\d+))?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +44,7 @@ class CacheKey:
   top_k: int = 0
   tail: str = "uniform"  # Sparse tail mode (train caches).
   temperatures: tuple[float, ...] = ()  # Of a bucket or sampled tail.
+  views: int = 0         # Replayed augmented views per example (0: none).
 
   @property
   def name(self) -> str:
@@ -50,7 +53,8 @@ class CacheKey:
             + (f"-top{self.top_k}" if self.top_k else "")
             + (f"-{self.tail}" if self.tail != "uniform" else "")
             + ("-T" + "_".join(f"{t:g}" for t in self.temperatures)
-               if self.temperatures else ""))
+               if self.temperatures else "")
+            + (f"-views{self.views}" if self.views else ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +118,8 @@ class Layout:
           "temps"] else ()
       out.append((CacheKey(m["member"], split, m["layer"] or "",
                            m["dtype"] or "float32", int(m["top_k"] or 0),
-                           m["tail"] or "uniform", temps), path))
+                           m["tail"] or "uniform", temps,
+                           int(m["views"] or 0)), path))
     return out
 
 

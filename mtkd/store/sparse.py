@@ -127,7 +127,7 @@ def tail_mass(logits: np.ndarray, indices: np.ndarray,
   return np.stack(out, 1).astype(np.float32)
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
+def splitmix64(x: np.ndarray) -> np.ndarray:
   """The splitmix64 finaliser (Steele et al. 2014), vectorised on uint64."""
   x = x + np.uint64(0x9E3779B97F4A7C15)
   x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -139,10 +139,10 @@ def uniforms(ids: np.ndarray, draws: int, seed: int) -> np.ndarray:
   """`[n, draws]` float64 in [0, 1), a pure function of (seed, id, draw):
   independent of how rows are batched, sharded or spread over processes."""
   with np.errstate(over="ignore"):
-    key = _splitmix64(np.asarray(ids, np.int64).astype(np.uint64)
-                      ^ _splitmix64(np.full(1, seed, np.uint64)))
+    key = splitmix64(np.asarray(ids, np.int64).astype(np.uint64)
+                      ^ splitmix64(np.full(1, seed, np.uint64)))
     j = np.arange(draws, dtype=np.uint64)
-    bits = _splitmix64(_splitmix64(key[:, None] + j[None, :]))
+    bits = splitmix64(splitmix64(key[:, None] + j[None, :]))
   return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 

@@ -72,6 +72,9 @@ class TrainJob:
   prefetch: int = 0  # Batches put on device ahead, in a thread; 0 = none.
   accumulate: int = 1  # Micro-batches per step (`make_train_step`).
   ema: float = 0.0  # Decay of the parameters' EMA (extra["ema"]); 0 = none.
+  # The step as two programs, forward then backward + update
+  # (`make_train_step(split=True)`): faster CNN steps on XLA:CPU.
+  split_step: bool = False
   # Evaluation during training: `evaluate(state) -> {task: metrics}` every
   # `eval_every` steps and at the end (see `Evaluation`).
   evaluate: Callable | None = None
@@ -155,7 +158,7 @@ def fit(job: TrainJob, placement: Placement) -> TrainState:
       lambda axis_name: make_train_step(
           job.net, job.tx, job.objective, job.tasks, job.weighting,
           job.num_steps, job.augment, job.teacher, axis_name,
-          job.accumulate, job.ema),
+          job.accumulate, job.ema, job.split_step),
       state)
   progress = Progress(job.name, job.num_steps, start, job.batch_size)
   try:

@@ -8,9 +8,14 @@ global arrays placed by `state_shardings` (what checkpoints and evaluation
 use); a placement converts to and from its own layout with `to_device` /
 `from_device`. `config.parallel.placement` picks one. ("Strategy" in mtkd
 means a KD method, never a placement.)
+
+A body that is a `step.SplitStep` (config.split_step) compiles as two
+programs, chained by `Chained`: the forward without donation (the
+backward reads the same state), the backward with the state donated.
 """
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -19,9 +24,22 @@ from jax.sharding import Mesh
 from mtkd.errors import UserError
 from mtkd.registry import Registry
 from mtkd.train import packing, sharding
+from mtkd.train.step import SplitStep
 
 PLACEMENTS: Registry = Registry("placement")
-StepFactory = Callable[[str | None], Callable]  # axis_name -> step body.
+# axis_name -> step body: a step function, or a `SplitStep`.
+StepFactory = Callable[[str | None], Callable | SplitStep]
+
+
+class Chained(NamedTuple):
+  """A split step's two compiled programs; a call runs one step,
+  `backward(state, forward(state, batch, rng))`. The halves are exposed to
+  time or lower them separately."""
+  forward: Callable
+  backward: Callable
+
+  def __call__(self, state, batch, rng):
+    return self.backward(state, self.forward(state, batch, rng))
 
 
 class Placement:
@@ -41,7 +59,8 @@ class Placement:
     return jax.jit(init_fn, out_shardings=shardings)(rng)
 
   def compile(self, make_step: StepFactory, state) -> Callable:
-    """`make_step(axis_name)`, compiled with the state donated."""
+    """`make_step(axis_name)`, compiled with the state donated (a
+    `SplitStep` body: a `Chained` pair, the backward donating)."""
     raise NotImplementedError
 
   def to_device(self, state):
@@ -71,9 +90,14 @@ class Jit(Placement):
   def compile(self, make_step: StepFactory, state) -> Callable:
     state_sh = jax.tree.map(lambda x: x.sharding, state)
     rep = sharding.replicated(self.mesh)
-    return jax.jit(_unpacking(make_step(None)),
-                   in_shardings=(state_sh, sharding.batch_sharding(self.mesh),
-                                 rep),
+    body = make_step(None)
+    in_shardings = (state_sh, sharding.batch_sharding(self.mesh), rep)
+    if isinstance(body, SplitStep):  # The carry's layout is XLA's choice.
+      return Chained(
+          jax.jit(_unpacking(body.forward), in_shardings=in_shardings),
+          jax.jit(body.backward, out_shardings=(state_sh, rep),
+                  donate_argnums=(0,)))
+    return jax.jit(_unpacking(body), in_shardings=in_shardings,
                    out_shardings=(state_sh, rep), donate_argnums=(0,))
 
   def put_batch(self, batch):
@@ -102,8 +126,14 @@ class Pmap(Placement):
     return jax.tree.map(lambda _: rep, abstract_state)
 
   def compile(self, make_step: StepFactory, state) -> Callable:
-    return jax.pmap(_unpacking(make_step(sharding.DATA)),
-                    axis_name=sharding.DATA,
+    body = make_step(sharding.DATA)
+    if isinstance(body, SplitStep):
+      return Chained(
+          jax.pmap(_unpacking(body.forward), axis_name=sharding.DATA,
+                   in_axes=(0, 0, None), devices=self.devices),
+          jax.pmap(body.backward, axis_name=sharding.DATA,
+                   donate_argnums=(0,), devices=self.devices))
+    return jax.pmap(_unpacking(body), axis_name=sharding.DATA,
                     in_axes=(0, 0, None), donate_argnums=(0,),
                     devices=self.devices)
 

@@ -2,13 +2,16 @@
 
 `train_step(state, batch, rng) -> (state, metrics)` has no side effects; its
 randomness is `fold_in(rng, state.step)`, so a step is a function of its
-inputs alone and resuming at step s replays the same randomness.
+inputs alone and resuming at step s replays the same randomness. Split
+(`SplitStep`, config.split_step), it is two pure functions that the
+placement chains: forward, then backward + update; the same update.
 `mtkd.train.placement` is the one place where jit/pmap, shardings and
 buffer donation are declared.
 """
 
 import functools
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -17,6 +20,7 @@ import optax
 from flax import struct
 from jax import lax
 
+from mtkd.data import views
 from mtkd.methods import weighting as weighting_lib
 from mtkd.methods.objectives import Context, Objective, TaskSpec, term_means
 from mtkd.methods.weighting import Weighting
@@ -168,13 +172,64 @@ def _objective_terms(net: nn.Module, objective: Objective,
   return accumulated
 
 
+def step_inputs(batch, augment: Callable | None, key: jax.Array
+                ) -> jax.Array:
+  """The inputs the step trains on. With `view_seed` in the batch (a view
+  cache, `mtkd.data.views`) each example is re-rendered from its own key,
+  as the caching stage rendered it, bit for bit and whatever the batch or
+  device layout; otherwise `augment(inputs, key)` with the step's key."""
+  inputs = batch["inputs"]
+  if augment is None:
+    return inputs
+  if "view_seed" in batch:
+    return views.augment_views(augment, inputs, batch["view_seed"])
+  return augment(inputs, key)
+
+
+class SplitStep(NamedTuple):
+  """A train step as two programs (`make_train_step(split=True)`).
+
+  `forward(state, batch, rng) -> carry` runs the model and the objective
+  and returns `jax.vjp`'s closure in `carry`, so its residuals (the saved
+  activations) become real buffers between the programs; `backward(state,
+  carry) -> (state, metrics)` pulls the gradients through that closure and
+  applies the update. `backward(state, forward(state, batch, rng))` is the
+  one-program step's update (up to float rounding). The placement compiles
+  each half; only `backward` may donate the state."""
+  forward: Callable
+  backward: Callable
+
+
+def _replay(values, aux, vjp_fn) -> Callable:
+  """A `loss_fn` for the weighting in the backward program: it returns the
+  forward program's `(values, aux)` and differentiates through its
+  recorded closure `vjp_fn`, so every weighting runs unchanged (vmapped
+  VJPs included) without running the forward again. Valid only at the
+  parameters the forward ran at: the backward's `state.params`."""
+  @jax.custom_vjp
+  def loss_fn(params):
+    del params
+    return values, aux
+
+  def fwd(params):
+    del params
+    return (values, aux), None
+
+  def bwd(_, cotangents):
+    return vjp_fn(cotangents[0])  # aux is not differentiated (has_aux).
+
+  loss_fn.defvjp(fwd, bwd)
+  return loss_fn
+
+
 def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
                     objective: Objective, tasks: tuple[TaskSpec, ...],
                     weighting: Weighting | None = None, num_steps: int = 1,
                     augment: Callable | None = None,
                     teacher: Callable | None = None,
                     axis_name: str | None = None, accumulate: int = 1,
-                    ema: float = 0.0) -> Callable:
+                    ema: float = 0.0, split: bool = False
+                    ) -> Callable | SplitStep:
   """Builds the pure step `(state, batch, rng) -> (state, metrics)`.
 
   Order inside a step: fold the step (and device) into the key; augment the
@@ -188,6 +243,13 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
   equal to the one `jit` computes on the whole batch. Dropout and
   augmentation keys are then folded with the device index, so their draws
   differ from jit's. `accumulate`: see `_objective_terms`; `ema`: `_apply`.
+
+  `split` returns the same step as a `SplitStep` (config.split_step): on
+  XLA:CPU a one-program CNN step recomputes the BatchNorm/ReLU chains
+  inside every weight-gradient convolution, which the split's saved
+  activations avoid (experiments/bench_cnn_vs_torch.py). With `accumulate`
+  > 1 the micro-batches stay rematerialised, so the backward program runs
+  their forward again: the same update, no gain.
   """
   names = objective.term_names(tasks)
   terms_fn = _objective_terms(with_axis_name(net, axis_name), objective,
@@ -196,14 +258,15 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
     weighting = weighting_lib.make("fixed", None, names,
                                    weights={t.name: t.weight for t in tasks})
 
-  def train_step(state: TrainState, batch, rng: jax.Array):
+  def losses(state: TrainState, batch, rng: jax.Array
+             ) -> tuple[Callable, jax.Array]:
+    """(`params -> (term means, (metrics, model state))` on this step's
+    batch, the weighting's key)."""
     rng = jax.random.fold_in(rng, state.step)
     if axis_name is not None:
       rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
     aug_rng, drop_rng, weight_rng = jax.random.split(rng, 3)
-    inputs = batch["inputs"]
-    if augment is not None:
-      inputs = augment(inputs, aug_rng)
+    inputs = step_inputs(batch, augment, aug_rng)
     if teacher is not None:
       logits, features = teacher(state.extra["teachers"], inputs)
       batch = dict(batch, teacher=logits, teacher_features=features)
@@ -214,6 +277,11 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
                                              inputs, batch, drop_rng, ctx)
       return term_means(terms, names, axis_name), (metrics, model_state)
 
+    return loss_fn, weight_rng
+
+  def update(state: TrainState, loss_fn: Callable, weight_rng: jax.Array
+             ) -> tuple[TrainState, dict]:
+    """The weighting's gradients of `loss_fn`, then the optimizer update."""
     loss, grads, (metrics, model_state), wstate, wmetrics = weighting(
         loss_fn, state.params, state.extra.get("weighting", {}), state.step,
         weight_rng, axis_name)
@@ -226,7 +294,22 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
                                  ema)
     return state, dict(metrics, **wmetrics, **step_metrics)
 
-  return train_step
+  def train_step(state: TrainState, batch, rng: jax.Array):
+    return update(state, *losses(state, batch, rng))
+
+  if not split:
+    return train_step
+
+  def forward(state: TrainState, batch, rng: jax.Array):
+    loss_fn, weight_rng = losses(state, batch, rng)
+    values, vjp_fn, aux = jax.vjp(loss_fn, state.params, has_aux=True)
+    return values, aux, vjp_fn, weight_rng
+
+  def backward(state: TrainState, carry):
+    values, aux, vjp_fn, weight_rng = carry
+    return update(state, _replay(values, aux, vjp_fn), weight_rng)
+
+  return SplitStep(forward, backward)
 
 
 @functools.lru_cache(maxsize=32)  # One compiled predict per model, not per call.
