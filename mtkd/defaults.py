@@ -155,6 +155,10 @@ def base_config() -> ml_collections.ConfigDict:
       # un-augmented inputs (a "fixed teacher" under augmentation).
       views=0,
       view_seed=0,
+      # With views: each view mixes the example's view with a partner's
+      # (mixup, lam ~ U[0, 1)): function matching from a cache. Mixed
+      # inputs have no single label, so it needs distill.alpha = 1.
+      mixup=False,
       shard_size=16384,    # Examples per shard (unit of resume and writes).
   ))
 

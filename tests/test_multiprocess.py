@@ -78,3 +78,31 @@ def test_two_processes_match_one(tmp_path, reference, strategy):
                                    atol=1e-5, err_msg=f"{task}/{model}/{k}")
   # Process 0 alone reports and writes results.
   assert "Wrote" in outs[0] and "Wrote" not in outs[1]
+
+
+def test_view_cache_two_processes_match_one(tmp_path, run_mtkd):
+  """A replayed-view cache written by 2 processes (each renders and writes
+  its shards) and read by them: the same results as one process, since a
+  view is a pure function of (seed, id, view), not of the process."""
+  views = ["--config.cache.views=2", "--config.student.augment.max_shift=1"]
+  c = quickstart.get_config("smoke")
+  c.data.name = "digits"
+  c.teacher.steps = c.student.steps = 20
+  c.cache.views = 2
+  c.student.augment.max_shift = 1
+  reference = run_mtkd(c, tmp_path / "one", devices=4)
+  port = _free_port()
+  procs = [_start([f"--workdir={tmp_path / 'two'}", *views,
+                   "--config.parallel.distributed=True",
+                   f"--config.parallel.coordinator_address=127.0.0.1:{port}",
+                   "--config.parallel.num_processes=2",
+                   f"--config.parallel.process_id={i}"], devices=2)
+           for i in range(2)]
+  _finish(procs)
+  got = json.load(open(tmp_path / "two" / "results.json"))
+  for task in reference:
+    for model in reference[task]:
+      for k, v in reference[task][model].items():
+        np.testing.assert_allclose(got[task][model][k], v, rtol=1e-4,
+                                   atol=1e-5, err_msg=f"{task}/{model}/{k}")
+  assert (tmp_path / "two" / "cache" / "digit-views2" / "train").is_dir()

@@ -226,12 +226,16 @@ def test_cache_folder_names_round_trip(tmp_path):
           CacheKey("a-b", "train", "block_1", "bfloat16", 4, "sampled",
                    (2.0,)),
           CacheKey("m", "train", top_k=3, tail="renormalized"),
-          CacheKey("m", "test", top_k=3)]
+          CacheKey("m", "test", top_k=3),
+          CacheKey("v", "train", views=4),
+          CacheKey("v", "train", "", "bfloat16", 8, "bucket", (2.0,), 2,
+                   True)]
   layout = Layout(str(tmp_path))
   for k in keys:
     (tmp_path / "cache" / k.name / k.split).mkdir(parents=True)
   assert {k for k, _ in layout.caches()} == set(keys)
   assert keys[0].name == "multi-top8-bucket-T1_2.5"
+  assert keys[-1].name == "v-bfloat16-top8-bucket-T2-views2mix"
 
 
 @pytest.mark.parametrize("tail", ["bucket", "sampled"])

@@ -77,6 +77,29 @@ def test_the_step_renders_what_the_cache_saw_under_jit_and_pmap():
   np.testing.assert_array_equal(np.asarray(pmapped).reshape(want.shape), want)
 
 
+def test_mixup_views_render_the_same_in_the_step_under_jit_and_pmap():
+  x, partners = _images(16, 3), _images(16, 4)
+  ids, v = np.arange(16), np.arange(16) % 4
+  seeds = views.view_seed(1, ids, v)
+  lam = views.mix_weight(1, ids, v)
+  assert lam.dtype == np.float32 and 0 <= lam.min() and lam.max() < 1
+  want = views.renderer(AUG)(x, seeds, partners, lam)
+  a, b = views.renderer(AUG)(x, seeds), views.renderer(AUG)(partners, seeds)
+  assert not np.allclose(want, a) and not np.allclose(want, b)
+  batch = {"inputs": x, "view_seed": seeds, "mix_inputs": partners,
+           "mix_weight": lam}
+  key = jax.random.key(0)
+  got = jax.jit(lambda b: step_lib.step_inputs(b, AUG, key))(batch)
+  np.testing.assert_array_equal(np.asarray(got), want)
+  split = jax.tree.map(lambda a: a.reshape(8, 2, *a.shape[1:]), batch)
+  pmapped = jax.pmap(lambda b: step_lib.step_inputs(b, AUG, key))(split)
+  np.testing.assert_array_equal(np.asarray(pmapped).reshape(want.shape), want)
+  rows = views.mix_partner(1, ids, v, 10)
+  assert rows.min() >= 0 and rows.max() < 10
+  np.testing.assert_array_equal(views.mix_partner(1, ids[::-1], v[::-1], 10),
+                                rows[::-1])
+
+
 def test_replay_stream_joins_the_drawn_view():
   split = Split(_images(10), {"t": np.zeros(10, np.int32)},
                 np.arange(100, 110))
@@ -129,6 +152,34 @@ def test_view_cache_pipeline_verifies_and_resumes_exactly(tmp_path, run_mtkd):
   other = _config(augment_cfg=dict(max_shift=2, noise=0.05))
   with pytest.raises(UserError, match="augment"):
     run_mtkd(other, w)
+
+
+def test_mixup_view_cache_verifies(tmp_path, run_mtkd):
+  """Function matching from a cache: mixed views cached, replayed, and
+  re-derived by `--verify` (partner and weight from (seed, id, view))."""
+  from mtkd.stages import verify
+  c = _config()
+  c.cache.mixup = True
+  c.distill.alpha = 1.0
+  c.baseline = False
+  w = tmp_path / "run"
+  results = run_mtkd(c, w)
+  assert (w / "cache" / "digit-views2mix" / "train").is_dir()
+  assert all(np.isfinite(m["accuracy"]) for r in results.values()
+             for m in r.values())
+  assert verify.verify_workdir(c, str(w)) == []
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(mixup=True, views=0), "config.cache.views is 0"),
+    (dict(mixup=True), "config.distill.alpha=1.0"),
+])
+def test_mixup_config_errors(tmp_path, run_mtkd, change, match):
+  c = _config()
+  for k, v in change.items():
+    c.cache[k] = v
+  with pytest.raises(UserError, match=match):
+    run_mtkd(c, tmp_path / "w")
 
 
 def test_views_need_an_augmentation(tmp_path, run_mtkd):

@@ -108,9 +108,11 @@ class ReplayViews:
   step to re-render the view as the cache did (from `view_seed`)."""
 
   def __init__(self, shuffle: EpochShuffle, gather: Gather, join: JoinFn,
-               num_views: int, seed: int, view_seed: int):
+               num_views: int, seed: int, view_seed: int,
+               mixup: bool = False):
     self.shuffle, self.gather, self.join = shuffle, gather, join
     self.num_views, self.seed, self.view_seed = num_views, seed, view_seed
+    self.mixup = mixup
 
   def __call__(self, k: int) -> Batch:
     b = self.shuffle.batch_size
@@ -122,13 +124,19 @@ class ReplayViews:
     v = views.view_index(self.seed, ids, epochs, self.num_views)
     batch.update(self.join(views.view_ids(ids, v, self.num_views)))
     batch["view_seed"] = views.view_seed(self.view_seed, ids, v)
+    if self.mixup:  # The partners' inputs; the step mixes their views.
+      split = self.gather.split
+      batch["mix_inputs"] = to_float(split.x[views.mix_partner(
+          self.view_seed, ids, v, len(split))])
+      batch["mix_weight"] = views.mix_weight(self.view_seed, ids, v)
     return batch
 
 
 def train_stream(split: Split, labels: Mapping[str, np.ndarray],
                  batch_size: int, seed: int, rows: np.ndarray | None = None,
                  join: JoinFn | None = None, num_views: int = 0,
-                 view_seed: int = 0) -> grain.MapDataset:
+                 view_seed: int = 0, mixup: bool = False
+                 ) -> grain.MapDataset:
   """An infinite, seeded, per-epoch reshuffled stream of full batches.
 
   `batch_size` is global; each process gets its share. `rows` restricts
@@ -140,7 +148,8 @@ def train_stream(split: Split, labels: Mapping[str, np.ndarray],
   shuffle = EpochShuffle(rows, batch_size, seed)
   if num_views:
     return grain.MapDataset.range(2**62).map(ReplayViews(
-        shuffle, Gather(split, labels), join, num_views, seed, view_seed))
+        shuffle, Gather(split, labels), join, num_views, seed, view_seed,
+        mixup))
   return (grain.MapDataset.range(2**62)
           .map(shuffle).map(_this_process)
           .map(Gather(split, labels, join)))

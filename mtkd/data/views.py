@@ -13,6 +13,11 @@ Every random choice is a pure function of `(seed, id, view)`: a view's
 augmentation key is `jax.random.key(view_seed(seed, id, v))`, one key per
 example, so a view never depends on batch composition, device count,
 placement (jit or pmap), process count or the step it is replayed at.
+
+Mixup views (`config.cache.mixup`, big_vision's "function matching" from a
+cache): view v of example id is lam * A + (1 - lam) * B, A the example's
+augmented view, B the augmented view of a partner row, with partner row
+and lam ~ U[0, 1) (mixup's Beta(1, 1)) pure functions of (seed, id, v) too.
 """
 
 from collections.abc import Callable
@@ -21,9 +26,11 @@ import jax
 import numpy as np
 
 from mtkd.data.augment import Augment
+from mtkd.data.datasets import to_float
 from mtkd.store.sparse import splitmix64
 
-_VIEW, _SEED = 0x5EED_0F_71E7, 0xA06_3E27  # Stream separators.
+_VIEW, _SEED, _PARTNER, _WEIGHT = (0x5EED_0F_71E7, 0xA06_3E27, 0x9A27_3E7,
+                                   0x3E16_47)  # Stream separators.
 
 
 def _mix(*parts: np.ndarray) -> np.ndarray:
@@ -48,24 +55,66 @@ def view_seed(seed: int, ids: np.ndarray, views: np.ndarray) -> np.ndarray:
   return (h >> np.uint64(33)).astype(np.int32)  # 31 bits: non-negative.
 
 
+def mix_partner(seed: int, ids: np.ndarray, views: np.ndarray, n: int
+                ) -> np.ndarray:
+  """int64 [n]: the row (of the n-row split) mixed into each view."""
+  return (_mix(np.uint64(_PARTNER), seed, ids, views) % np.uint64(n)
+          ).astype(np.int64)
+
+
+def mix_weight(seed: int, ids: np.ndarray, views: np.ndarray) -> np.ndarray:
+  """float32 [n] in [0, 1): each view's own share (lam)."""
+  h = _mix(np.uint64(_WEIGHT), seed, ids, views) >> np.uint64(40)
+  return (h.astype(np.float64) * 2.0**-24).astype(np.float32)  # Exact.
+
+
 def view_ids(ids: np.ndarray, views: np.ndarray, num_views: int
              ) -> np.ndarray:
   """int64 cache keys of (id, view)."""
   return np.asarray(ids, np.int64) * num_views + np.asarray(views, np.int64)
 
 
-def augment_views(augment: Augment, x: jax.Array, seeds: jax.Array
-                  ) -> jax.Array:
-  """Each example augmented with its own key `jax.random.key(seed)`
-  (`augment` sees a batch of one)."""
+def augment_views(augment: Augment, x: jax.Array, seeds: jax.Array,
+                  salt: int = 0) -> jax.Array:
+  """Each example augmented with its own key `jax.random.key(seed)` (folded
+  with `salt` when > 0; `augment` sees a batch of one)."""
   def one(xi, s):
-    return augment(xi[None], jax.random.key(s))[0]
+    key = jax.random.key(s)
+    if salt:
+      key = jax.random.fold_in(key, salt)
+    return augment(xi[None], key)[0]
   return jax.vmap(one)(x, seeds)
 
 
-def renderer(augment: Augment) -> Callable[[np.ndarray, np.ndarray],
-                                           np.ndarray]:
-  """Host `(inputs float32, seeds) -> augmented inputs`, the caching
-  stage's view of what the step computes (the same jitted function)."""
-  f = jax.jit(lambda x, s: augment_views(augment, x, s))
-  return lambda x, s: np.asarray(f(x, s))
+def render(augment: Augment, x: jax.Array, seeds: jax.Array,
+           mix_inputs: jax.Array | None = None,
+           mix_weight: jax.Array | None = None) -> jax.Array:
+  """A batch of views: each example's augmented view, or with `mix_inputs`
+  (the partners' inputs) lam * view + (1 - lam) * partner's view (its key
+  salted, so an example mixed with itself still mixes two views)."""
+  a = augment_views(augment, x, seeds)
+  if mix_inputs is None:
+    return a
+  b = augment_views(augment, mix_inputs, seeds, salt=1)
+  lam = mix_weight.reshape((-1,) + (1,) * (a.ndim - 1)).astype(a.dtype)
+  return lam * a + (1 - lam) * b
+
+
+def render_rows(render_fn: Callable[..., np.ndarray], split, rows: np.ndarray,
+                views: np.ndarray, seed: int, mixup: bool) -> np.ndarray:
+  """Host: views `views` of `split`'s rows `rows` (float32), through a
+  `renderer`: what the caching stage and `--verify` feed the teacher, and
+  what the step re-renders from the batch `ReplayViews` builds."""
+  ids = split.ids[rows]
+  args = [to_float(split.x[rows]), view_seed(seed, ids, views)]
+  if mixup:
+    args += [to_float(split.x[mix_partner(seed, ids, views, len(split))]),
+             mix_weight(seed, ids, views)]
+  return render_fn(*args)
+
+
+def renderer(augment: Augment) -> Callable[..., np.ndarray]:
+  """Host `(inputs float32, seeds[, mix_inputs, mix_weight]) -> views`,
+  the caching stage's view of what the step computes (`render`)."""
+  f = jax.jit(lambda *args: render(augment, *args))
+  return lambda *args: np.asarray(f(*args))

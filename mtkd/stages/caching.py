@@ -15,7 +15,7 @@ import numpy as np
 from mtkd import configs_util, distributed, models
 from mtkd.data import augment
 from mtkd.data import views as views_lib
-from mtkd.data.datasets import Dataset, Split, to_float
+from mtkd.data.datasets import Dataset, Split
 from mtkd.methods import tasks
 from mtkd.stages import plan
 from mtkd.stages.base import Run, Stage
@@ -63,9 +63,12 @@ def view_settings(config, split: str = "train") -> dict:
   k = views(config, split)
   if not k:
     return {}
-  return {"views": k, "view_seed": int(config.cache.view_seed),
-          "augment": tree_fingerprint(
-              configs_util.to_dict(config.student.augment) or {})}
+  out = {"views": k, "view_seed": int(config.cache.view_seed),
+         "augment": tree_fingerprint(
+             configs_util.to_dict(config.student.augment) or {})}
+  if config.cache.get("mixup", False):
+    out["mixup"] = True
+  return out
 
 
 def cache_key(config, member: Member, ds: Dataset, split: str,
@@ -76,7 +79,7 @@ def cache_key(config, member: Member, ds: Dataset, split: str,
                   for t in ts})
   return CacheKey(member.name, split, layer, s["dtype"], s["top_k"],
                   s.get("tail", "uniform"), tuple(temps),
-                  views(config, split))
+                  views(config, split), bool(config.cache.get("mixup")))
 
 
 class CacheStage(Stage):
@@ -135,8 +138,9 @@ class CacheStage(Stage):
           else:  # Virtual row i: view i % K of example i // K.
             ex, v = np.divmod(np.arange(start, stop), k)
             part = split.take(ex)
-            seeds = views_lib.view_seed(r.config.cache.view_seed, part.ids, v)
-            part = Split(render(to_float(part.x), seeds), part.labels,
+            part = Split(views_lib.render_rows(
+                render, split, ex, v, r.config.cache.view_seed,
+                bool(r.config.cache.get("mixup"))), part.labels,
                          views_lib.view_ids(part.ids, v, k))
           return part.ids, r.predict(self.model, self.params, part,
                                      self.layers)

@@ -36,6 +36,11 @@ def _check_cache(config, specs: tuple[TaskSpec, ...]) -> None:
   classification task's distillation temperature."""
   c = config.cache
   _check_views(config)
+  if c.get("mixup", False) and any(s.alpha != 1.0 for s in specs):
+    raise UserError(
+        "config.cache.mixup=True: a mixed view has no single label, so the "
+        "student must learn from the teacher alone on it. Fix: set "
+        "config.distill.alpha=1.0 (and any per-task alpha in config.tasks).")
   given = [float(t) for t in c.get("temperatures") or ()]
   tail = c.get("tail", "uniform")
   cache.storage_meta(c.dtype, c.top_k, ["logits"], tail,
@@ -61,6 +66,10 @@ def _check_views(config) -> None:
                     "views to cache per training example.")
   if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
     raise UserError(f"config.cache.view_seed={seed!r}: use an integer >= 0.")
+  if config.cache.get("mixup", False) and not k:
+    raise UserError("config.cache.mixup=True mixes cached views, but "
+                    "config.cache.views is 0. Fix: set config.cache.views "
+                    "to K >= 1.")
   if k and augment.make(config.student.get("augment")) is None:
     raise UserError(
         f"config.cache.views={k} caches augmented views, but "

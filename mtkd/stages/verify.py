@@ -176,11 +176,11 @@ def _check_teacher_outputs(config, layout: Layout, ds: datasets.Dataset,
     rendered = part
     if key.views:
       v = np.random.default_rng(0).integers(0, key.views, len(part))
-      seeds = views_lib.view_seed(meta.get("view_seed", 0), part.ids, v)
       render = views_lib.renderer(augment.make(config.student.augment))
-      rendered = datasets.Split(render(datasets.to_float(part.x), seeds),
-                                part.labels, views_lib.view_ids(
-                                    part.ids, v, key.views))
+      x = views_lib.render_rows(render, ds.train, np.arange(len(part)), v,
+                                meta.get("view_seed", 0), key.mixup)
+      rendered = datasets.Split(x, part.labels, views_lib.view_ids(
+          part.ids, v, key.views))
     online = predict(model, teacher_params[key.member], rendered,
                      config.eval_batch_size, mesh)
     try:

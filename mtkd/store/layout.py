@@ -15,7 +15,8 @@ another run's, so sweeps share teachers and caches. A cache folder's
 suffix records what the cache holds beyond dense float32 logits:
 `-feat_<layer>` when it also holds a feature layer, and `-<dtype>` /
 `-top<k>`, `-<tail>` and `-T<temperatures>` for another storage mode, and
-`-views<K>` for K replayed augmented views per example (`mtkd.data.views`).
+`-views<K>` for K replayed augmented views per example (`-views<K>mix`:
+mixup views; `mtkd.data.views`).
 Caches that differ in any of these
 live side by side, so changing `config.cache.dtype` builds a new cache
 instead of reusing (or overwriting) the old one.
@@ -31,7 +32,7 @@ SOURCE = "source"
 _CACHE_NAME = re.compile(
     r"^(?P<member>.+?)(?:-feat_(?P<layer>[^-]+))?(?:-(?P<dtype>float16|"
     r"bfloat16))?(?:-top(?P<top_k>\d+))?(?:-(?P<tail>renormalized|bucket|"
-    r"sampled))?(?:-T(?P<temps>[0-9._e+-]+))?(?:-views(?P<views>\d+))?$")
+    r"sampled))?(?:-T(?P<temps>[0-9._e+-]+))?(?:-views(?P<views>\d+)(?P<mix>mix)?)?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,7 @@ class CacheKey:
   tail: str = "uniform"  # Sparse tail mode (train caches).
   temperatures: tuple[float, ...] = ()  # Of a bucket or sampled tail.
   views: int = 0         # Replayed augmented views per example (0: none).
+  mixup: bool = False    # The views are mixup views.
 
   @property
   def name(self) -> str:
@@ -54,7 +56,8 @@ class CacheKey:
             + (f"-{self.tail}" if self.tail != "uniform" else "")
             + ("-T" + "_".join(f"{t:g}" for t in self.temperatures)
                if self.temperatures else "")
-            + (f"-views{self.views}" if self.views else ""))
+            + (f"-views{self.views}" if self.views else "")
+            + ("mix" if self.views and self.mixup else ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +122,7 @@ class Layout:
       out.append((CacheKey(m["member"], split, m["layer"] or "",
                            m["dtype"] or "float32", int(m["top_k"] or 0),
                            m["tail"] or "uniform", temps,
-                           int(m["views"] or 0)), path))
+                           int(m["views"] or 0), bool(m["mix"])), path))
     return out
 
 

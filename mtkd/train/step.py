@@ -182,7 +182,8 @@ def step_inputs(batch, augment: Callable | None, key: jax.Array
   if augment is None:
     return inputs
   if "view_seed" in batch:
-    return views.augment_views(augment, inputs, batch["view_seed"])
+    return views.render(augment, inputs, batch["view_seed"],
+                        batch.get("mix_inputs"), batch.get("mix_weight"))
   return augment(inputs, key)
 
 
@@ -244,13 +245,10 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
   augmentation keys are then folded with the device index, so their draws
   differ from jit's. `accumulate`: see `_objective_terms`; `ema`: `_apply`.
 
-  `split` returns the same step as a `SplitStep` (config.split_step): on
-  XLA:CPU a one-program CNN step recomputes the BatchNorm/ReLU chains
-  inside every weight-gradient convolution, which the split's saved
-  activations avoid (experiments/bench_cnn_vs_torch.py). With `accumulate`
-  > 1 the micro-batches stay rematerialised, so the backward program runs
-  their forward again: the same update, no gain.
-  """
+  `split` returns the step as a `SplitStep` (config.split_step): XLA:CPU
+  recomputes BatchNorm/ReLU chains inside a one-program CNN step's weight
+  gradients, which saved activations avoid (bench_cnn_vs_torch.py); with
+  `accumulate` > 1 the backward re-runs the micro-batches (no gain)."""
   names = objective.term_names(tasks)
   terms_fn = _objective_terms(with_axis_name(net, axis_name), objective,
                               tasks, accumulate)
@@ -279,9 +277,20 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
 
     return loss_fn, weight_rng
 
+  update = _updater(tx, weighting, axis_name, ema)
+
+  def train_step(state: TrainState, batch, rng: jax.Array):
+    return update(state, *losses(state, batch, rng))
+
+  return _split(losses, update) if split else train_step
+
+
+def _updater(tx: optax.GradientTransformation, weighting: Weighting,
+             axis_name: str | None, ema: float) -> Callable:
+  """`(state, loss_fn, weight_rng) -> (state, metrics)`: the weighting's
+  gradients of `loss_fn`, then the optimizer update."""
   def update(state: TrainState, loss_fn: Callable, weight_rng: jax.Array
              ) -> tuple[TrainState, dict]:
-    """The weighting's gradients of `loss_fn`, then the optimizer update."""
     loss, grads, (metrics, model_state), wstate, wmetrics = weighting(
         loss_fn, state.params, state.extra.get("weighting", {}), state.step,
         weight_rng, axis_name)
@@ -293,13 +302,12 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
     state, step_metrics = _apply(tx, state, loss, grads, wstate, model_state,
                                  ema)
     return state, dict(metrics, **wmetrics, **step_metrics)
+  return update
 
-  def train_step(state: TrainState, batch, rng: jax.Array):
-    return update(state, *losses(state, batch, rng))
 
-  if not split:
-    return train_step
-
+def _split(losses: Callable, update: Callable) -> SplitStep:
+  """The step as forward (`jax.vjp` of the loss, closure kept) and backward
+  (`update` through that closure)."""
   def forward(state: TrainState, batch, rng: jax.Array):
     loss_fn, weight_rng = losses(state, batch, rng)
     values, vjp_fn, aux = jax.vjp(loss_fn, state.params, has_aux=True)
