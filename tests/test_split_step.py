@@ -8,7 +8,6 @@ guard, metrics), to itself under pmap, and to exact resume in `fit`.
 
 import dataclasses
 import functools
-import json
 import os
 
 import jax
@@ -21,10 +20,10 @@ from mtkd.data import streams
 from mtkd.methods import objectives
 from mtkd.methods import weighting as weighting_lib
 from mtkd.models import masks
-from mtkd.store import layout
 from mtkd.train import optim, placement, sharding
 from mtkd.train import step as step_lib
 from mtkd.train.loop import fit
+from tests.test_train import _crash_once_at, _Interrupt, _logged
 
 TASKS = (objectives.TaskSpec("a", 3, temperature=2.0, alpha=0.5),
          objectives.TaskSpec("b", 2, weight=0.5, temperature=4.0, alpha=0.9))
@@ -132,26 +131,6 @@ def test_split_layouts_match_one_device(make):
   _assert_close(m1, m8, rtol=2e-5, atol=2e-6)
 
 
-class _Interrupt(Exception):
-  pass
-
-
-def _logged(directory) -> list[dict]:
-  with open(layout.metrics(str(directory))) as f:
-    return [json.loads(line) for line in f]
-
-
-def _crash_once_at(stream, step: int):
-  """A map fn that raises _Interrupt the first time batch `step` passes."""
-  crashed = {"done": False}
-
-  def crash(batch):
-    if not crashed["done"] and np.array_equal(batch["ids"],
-                                              stream[step]["ids"]):
-      crashed["done"] = True
-      raise _Interrupt
-    return batch
-  return crash
 
 
 def test_split_fit_resumes_exactly(tmp_path, toy_split, toy_job,

@@ -134,32 +134,23 @@ def _validate_labels(ds: Dataset, t: str, y: np.ndarray, n: int,
   if kind not in ("classification", "multilabel", "regression", "sequence"):
     raise UserError(f"Task {t!r} has kind {kind!r}; use 'classification', "
                     "'multilabel', 'regression' or 'sequence'.")
-  if kind == "sequence":
-    if y.ndim != 2 or len(y) != n or not np.issubdtype(y.dtype, np.integer):
+  if kind in ("classification", "sequence"):
+    shape = (n,) if kind == "classification" else (n, "L")
+    if (y.ndim != len(shape) or len(y) != n
+        or not np.issubdtype(y.dtype, np.integer)):
       raise UserError(f"Task {t!r} in the {where} has labels of shape "
-                      f"{y.shape} and dtype {y.dtype}; a sequence task needs "
-                      f"integer labels of shape ({n}, L) (-1 = no target).")
-    bad = (y < -1) | (y >= size)
-    if bad.any():
-      raise UserError(
-          f"Task {t!r} in the {where} has {int(bad.sum())} target(s) outside "
-          f"[0, {size}) (e.g. {y[bad][:5].tolist()}). Targets must be "
-          "vocabulary ids below the task's size, or -1 for 'none'.")
-    return
-  if kind == "classification":
-    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
-      raise UserError(f"Task {t!r} in the {where} has labels of shape "
-                      f"{y.shape} and dtype {y.dtype}; a classification "
-                      f"task needs integer labels of shape ({n},).")
+                      f"{y.shape} and dtype {y.dtype}; a {kind} task needs "
+                      f"integer labels of shape {shape} (-1 = none).".replace(
+                          "'L'", "L"))
     bad = (y < -1) | (y >= size)
     if bad.any():
       raise UserError(
           f"Task {t!r} in the {where} has {int(bad.sum())} label(s) outside "
           f"[0, {size}) (e.g. {y[bad][:5].tolist()}). Labels must be class "
-          "indices below the task's class count, or -1 for 'no label'.")
+          "(or vocabulary) indices below the task's size, or -1 for 'none'.")
     if size < 2:
-      raise UserError(f"Task {t!r} has {size} class(es); a classification "
-                      "task needs at least 2.")
+      raise UserError(f"Task {t!r} has {size} class(es); a {kind} task "
+                      "needs at least 2.")
   elif kind == "multilabel":
     if y.shape != (n, size) or not np.isin(y, (-1, 0, 1)).all():
       raise UserError(f"Task {t!r} in the {where} must have 0/1 labels of "
