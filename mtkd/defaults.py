@@ -82,6 +82,11 @@ def base_config() -> ml_collections.ConfigDict:
       val_size=0,         # > 0: hold this many train examples out (val).
       val_seed=0,
       pad_to=0,           # > 0: zero-pad images to pad_to x pad_to.
+      # For name='folder' (dir/train/<class>/*.png): resize to S x S (0:
+      # keep; all must match), Pillow mode, 'fail' or 'skip' bad images.
+      image_size=0,
+      mode="RGB",
+      on_corrupt="fail",
       # For name='synthetic_images' (generated; tests and smoke runs).
       synthetic=dict(size=32, channels=3, classes=10, num_train=2048,
                      num_test=512),
