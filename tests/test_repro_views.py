@@ -1,0 +1,45 @@
+"""experiments/repro_views.py's report on hand-written runs: accuracies,
+the share of the online teacher's gain recovered (paired by seed), cache
+bytes and the step-time ratio."""
+
+import json
+
+from experiments import repro_views as rv
+
+ACC = {"fixed": (0.70, 0.60), "views_2": (0.78, 0.66), "online": (0.80, 0.68)}
+
+
+def _run(root, method, seed, shift):
+  wd = root / "views" / f"{method}_s{seed}"
+  wd.mkdir(parents=True)
+  left, right = (a + shift for a in ACC[method])
+  results = {t: {"student": {"accuracy": a, "agreement": 0.9}}
+             for t, a in (("left", left), ("right", right))}
+  (wd / "results.json").write_text(json.dumps(results))
+  k = 2 if method == "views_2" else 0
+  tdir = root / "views" / "teachers" / f"t{seed}"
+  (wd / "config.json").write_text(json.dumps(dict(
+      cache=dict(views=k), student=dict(steps=100),
+      teacher=dict(workdir="" if method == "online" else str(tdir)))))
+  (wd / "timings.json").write_text(json.dumps(dict(
+      student=10.0 if method != "views_2" else 10.5, teachers=3.0)))
+  cache = tdir / "cache" / ("left-views2" if k else "left") / "train"
+  cache.mkdir(parents=True, exist_ok=True)
+  (cache / "x.npy").write_bytes(b"0" * (2_000_000 if k else 1_000_000))
+
+
+def test_report_recovers_the_paired_share(tmp_path):
+  for seed, shift in ((0, 0.0), (1, 0.01)):
+    for m in ACC:
+      _run(tmp_path, m, seed, shift)
+  path = rv.report(str(tmp_path), str(tmp_path / "figs"))
+  md = open(path).read()
+  row = next(x for x in md.splitlines() if x.startswith("| views_2 |"))
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  assert cells[1] == "2"
+  assert cells[2] == "78.50 ± 0.71"  # left accuracy over the two seeds.
+  assert cells[6] == "0.80 ± 0.00"   # (78 - 70) / (80 - 70), both seeds.
+  assert cells[7] == "0.75 ± 0.00"   # (66 - 60) / (68 - 60).
+  assert cells[8] == "2.00 ± 0.00"   # MB of its train cache.
+  assert cells[9] == "3.00 ± 0.00"   # Its caching (teacher stage) time.
+  assert cells[11] == "0.95"         # 10 / 10.5 ms per step.
