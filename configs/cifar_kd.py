@@ -7,8 +7,10 @@ every label (no transfer set). arg `method`:
   kd       CE 0.1 + KD 0.9 (alpha 0.9)
   dkd      CE + DKD (alpha 1, beta 8, warm-up 20 epochs): task weight 2 and
            alpha 0.5 give 1 x CE + 1 x DKD in mtkd's per-example mix
-  fitnets  CE + 100 x MSE of the hint (the 2nd stage's output, through a
-           1x1 conv regressor where the maps' sizes agree)
+  fitnets  CE + 100 x MSE of the hint (the 2nd stage's output, through
+           RepDistiller's ConvReg: a 1x1 conv where the maps' sizes agree,
+           then BatchNorm and ReLU; without them the hint's first updates
+           diverge at weight 100: experiments/README.md)
   baseline the student on labels alone (the config's baseline stage is it)
 arg `pair` (teacher_student; published CIFAR-100 top-1, teacher / student
 alone / KD / DKD, from the CRD and DKD tables):
@@ -87,6 +89,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if method == "fitnets":
     c.feature.layer = c.feature.teacher_layer = "stage_1"
     c.feature.loss, c.feature.logits, c.feature.weight = "mse", False, 100.0
+    c.feature.regressor = "conv_bn_relu"
   objective = {"kd": "distill", "dkd": "dkd", "fitnets": "feature",
                "baseline": "supervised"}[method]
   c.student.stages = {"student": dict(objective=objective, data="labelled")}

@@ -156,3 +156,70 @@ def test_feature_adaptors_are_1x1_convolutions_on_matching_maps():
   np.testing.assert_allclose(out["same"], want.reshape(2, -1), rtol=1e-4,
                              atol=1e-6)
   assert out["flat"].shape == (2, 7)
+
+
+def test_conv_bn_relu_regressor_is_repdistillers_convreg():
+  """regressor='conv_bn_relu': relu(BatchNorm(1x1 conv)) with the batch's
+  statistics in training (and its running averages updated), the running
+  averages at inference."""
+  m = models.build(ml_collections.ConfigDict(TINY["cifar_resnet"]), {"t": 3})
+  net = models.Net(m, feature_layer="stage_1", adaptors=(("s", (4, 4, 12)),),
+                   regressor="conv_bn_relu")
+  x = np.random.default_rng(1).normal(size=(6, 8, 8, 1)).astype(np.float32)
+  v = net.init(jax.random.key(0), x)
+  out, new = net.apply(v, x, train=True, mutable=["batch_stats"])
+  _, blocks = m.apply({"params": v["params"]["model"],
+                       "batch_stats": v["batch_stats"]["model"]}, x,
+                      train=True, with_features=True, mutable=["batch_stats"]
+                      )[0]
+  k, bn = v["params"]["adaptor_s"], v["params"]["adaptor_s_bn"]
+  y = np.einsum("bhwc,cd->bhwd", blocks["stage_1"], k["kernel"]) + k["bias"]
+  mean, var = y.mean((0, 1, 2)), y.var((0, 1, 2))
+  want = np.maximum((y - mean) / np.sqrt(var + 1e-5) * bn["scale"]
+                    + bn["bias"], 0)
+  np.testing.assert_allclose(out["features"]["s"], want.reshape(6, -1),
+                             rtol=1e-4, atol=1e-5)
+  stats = new["batch_stats"]["adaptor_s_bn"]
+  np.testing.assert_allclose(stats["mean"], 0.1 * mean, rtol=1e-4, atol=1e-6)
+  infer = net.apply({**v, "batch_stats": new["batch_stats"]}, x)
+  assert (infer["features"]["s"] >= 0).all()
+  assert not np.allclose(infer["features"]["s"], out["features"]["s"])
+
+
+def test_conv_bn_relu_regressor_pmap_matches_jit():
+  """The regressor's BatchNorm normalises over the device axis under pmap
+  (`with_axis_name`), so 8 devices' pmap update equals one device's jit."""
+  from mtkd.methods import objectives
+  from mtkd.train import optim, placement, sharding
+  from mtkd.train import step as step_lib
+  m = models.build(ml_collections.ConfigDict(TINY["cifar_resnet"]), {"t": 3})
+  net = models.Net(m, feature_layer="stage_1", adaptors=(("s", (4, 4, 12)),),
+                   regressor="conv_bn_relu")
+  objective = objectives.OBJECTIVES.get("feature")(dict(
+      layer="stage_1", teacher_layer="stage_1", loss="mse",
+      regressor="conv_bn_relu", logits=False, weight=10.0)
+  ).with_feature_targets(("s",))
+  tx = optim.make_optimizer(ml_collections.ConfigDict(
+      dict(name="sgd", learning_rate=0.1, momentum=0.9)))
+  rng = np.random.default_rng(2)
+  batch = {"inputs": rng.normal(size=(16, 8, 8, 1)).astype(np.float32),
+           "labels": {"t": rng.integers(0, 3, 16).astype(np.int32)},
+           "mask": np.ones(16, np.float32),
+           "teacher_features": {"s": rng.uniform(
+               0, 2, (16, 4 * 4 * 12)).astype(np.float32)}}
+  tasks = (objectives.TaskSpec("t", 3),)
+  got = []
+  for place in (placement.Jit(sharding.make_mesh(devices=jax.devices()[:1])),
+                placement.Pmap(sharding.make_mesh(devices=jax.devices()[:8]))):
+    state = place.init(step_lib.make_init(net, tx, (8, 8, 1)),
+                       jax.random.key(0))
+    step = place.compile(lambda axis: step_lib.make_train_step(
+        net, tx, objective, tasks, axis_name=axis), state)
+    state = place.to_device(state)
+    for _ in range(2):
+      state, _ = step(state, place.put_batch(batch), jax.random.key(1))
+    got.append(jax.device_get(place.from_device(state)))
+  for a, b in zip(jax.tree.leaves(got[0]), jax.tree.leaves(got[1]),
+                  strict=True):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+  assert "adaptor_s_bn" in got[0].model_state["batch_stats"]

@@ -78,12 +78,14 @@ class Needs:
     this teacher layer ('' = none); the student gets one linear adaptor per
     teacher group (one in all with `fuse_teachers`), reading `student_layer`.
   peers: extra copies of the student trained in the same step.
+  regressor: the adaptors' form, `models.base.REGRESSORS`.
   """
   teacher_logits: bool = False
   teacher_layer: str = ""
   student_layer: str = ""
   fuse_teachers: bool = False
   peers: int = 0
+  regressor: str = "linear"
 
   @property
   def teachers(self) -> bool:
@@ -360,6 +362,7 @@ FEATURE_LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
     "normalized_l2": losses.normalized_l2, "hint": losses.hint_l2,
     "mse": losses.feature_mse}
 FUSIONS = ("none", "concat")
+REGRESSORS = ("linear", "conv_bn_relu")  # See `mtkd.models.base.Net`.
 
 
 def _flatten(x: jax.Array) -> jax.Array:
@@ -441,12 +444,16 @@ class FeatureKD(_FeatureMatching):
                                        # 'mse' (mean; RepDistiller's hint).
       fusion="none",                   # 'concat': one fused target.
       weight=1.0,                      # Of each feature term.
-      logits=True)                     # Also logit KD (else labels only).
+      logits=True,                     # Also logit KD (else labels only).
+      regressor="linear")              # 'conv_bn_relu': RepDistiller's
+                                       # ConvReg (FitNets' regressor).
 
   def validate(self, s):
     super().validate(s)
     check(s.fusion in FUSIONS, self.owner, "fusion", s.fusion,
           f"use one of {list(FUSIONS)}")
+    check(s.regressor in REGRESSORS, self.owner, "regressor", s.regressor,
+          f"use one of {list(REGRESSORS)}")
     check(isinstance(s.logits, bool), self.owner, "logits", s.logits,
           "use True or False")
 
@@ -454,7 +461,8 @@ class FeatureKD(_FeatureMatching):
   def needs(self) -> Needs:
     s = self.settings
     return Needs(teacher_logits=s.logits, teacher_layer=s.teacher_layer,
-                 student_layer=s.layer, fuse_teachers=s.fusion == "concat")
+                 student_layer=s.layer, fuse_teachers=s.fusion == "concat",
+                 regressor=s.regressor)
 
   def __call__(self, out, batch, tasks, ctx):
     if self.settings.logits:

@@ -84,7 +84,9 @@ class Net(nn.Module):
   each adaptor is a linear map from the student's `feature_layer` to that
   space (Li & Bilen 2020): a 1x1 convolution when both are feature maps of
   the same height and width (FitNets' regressor), else a Dense on the
-  flattened features. `peers`: extra copies of the model trained alongside
+  flattened features. `regressor='conv_bn_relu'` follows that map with
+  BatchNorm and ReLU, as RepDistiller's ConvReg (its FitNets); the
+  BatchNorm normalises over `axis_name` under pmap, as the trunk's does. `peers`: extra copies of the model trained alongside
   (deep mutual learning). Output: `{"logits": {task: ...}, "features":
   {target: [B, prod(shape)]}, "peers": ({task: ...}, ...)}`.
   """
@@ -92,6 +94,8 @@ class Net(nn.Module):
   feature_layer: str = ""
   adaptors: tuple[tuple[str, tuple[int, ...]], ...] = ()
   peers: int = 0
+  regressor: str = "linear"
+  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict:
@@ -105,7 +109,8 @@ class Net(nn.Module):
         raise ValueError(f"Unknown feature layer {self.feature_layer!r}; the "
                          f"student has {sorted(blocks)}.")
       f = blocks[self.feature_layer]
-      out["features"] = {name: _adapt(f, shape, f"adaptor_{name}")
+      out["features"] = {name: _adapt(
+          f, shape, f"adaptor_{name}", self.regressor, train, self.axis_name)
                          for name, shape in self.adaptors}
     if self.peers:
       out["peers"] = tuple(self.model.clone(
@@ -114,23 +119,38 @@ class Net(nn.Module):
     return out
 
 
-def _adapt(f: jax.Array, shape: tuple[int, ...], name: str) -> jax.Array:
+def _adapt(f: jax.Array, shape: tuple[int, ...], name: str,
+           regressor: str = "linear", train: bool = False,
+           axis_name: str | None = None) -> jax.Array:
   """Student features -> the teacher's `shape`, flattened: per position
   (a 1x1 convolution) for maps of the same height and width, a Dense on
-  the flattened features otherwise."""
+  the flattened features otherwise; then BatchNorm + ReLU for
+  'conv_bn_relu'."""
   if f.ndim == 4 and len(shape) == 3 and tuple(f.shape[1:3]) == shape[:2]:
-    return flatten(nn.Dense(shape[2], name=name)(f))
-  return nn.Dense(int(np.prod(shape)), name=name)(flatten(f))
+    y = nn.Dense(shape[2], name=name)(f)
+  else:
+    y = nn.Dense(int(np.prod(shape)), name=name)(flatten(f))
+  if regressor == "conv_bn_relu":
+    y = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                             epsilon=1e-5, axis_name=axis_name,
+                             name=f"{name}_bn")(y))
+  return flatten(y)
 
 
 def with_axis_name(net: nn.Module, axis_name: str | None) -> nn.Module:
   """`net` whose trunk normalises over `axis_name` in training (a no-op for
   trunks without an `axis_name` field, or without an axis)."""
-  model = getattr(net, "model", net)
-  if axis_name is None or not hasattr(model.trunk, "axis_name"):
+  if axis_name is None:
     return net
-  model = model.clone(trunk=model.trunk.clone(axis_name=axis_name))
-  return net.clone(model=model) if hasattr(net, "model") else model
+  model = getattr(net, "model", net)
+  if hasattr(model.trunk, "axis_name"):
+    model = model.clone(trunk=model.trunk.clone(axis_name=axis_name))
+  if not hasattr(net, "model"):
+    return model
+  changes = {} if model is net.model else {"model": model}
+  if net.regressor != "linear":  # Only a BatchNorm adaptor reads the axis.
+    changes["axis_name"] = axis_name
+  return net.clone(**changes) if changes else net
 
 
 def export(variables: Mapping[str, dict]) -> dict:

@@ -76,7 +76,8 @@ class StudentStage(Stage):
         tuple(a for a, _ in self.adaptors))
     self.net = models.Net(
         model, feature_layer=self.needs.student_layer if self.adaptors else "",
-        adaptors=self.adaptors, peers=self.needs.peers)
+        adaptors=self.adaptors, peers=self.needs.peers,
+        regressor=self.needs.regressor)
     self.online = self.needs.teachers and plan["teacher_mode"] == "online"
     names = self.objective.term_names(self.specs)
     self.weights = {s.name: s.weight for s in self.specs}
