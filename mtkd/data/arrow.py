@@ -1,0 +1,157 @@
+"""Hugging Face datasets on disk: `datasets.save_to_disk` folders and
+Parquet files, read with pyarrow (the `datasets` package is not needed).
+
+`config.data.name='hf'`, `config.data.path=DIR`, where DIR holds per split
+(`train`, `test`) either a `save_to_disk` folder `DIR/<split>/` (Arrow
+stream files `data-*.arrow`, `dataset_info.json`) or Parquet files
+`DIR/<split>.parquet`, `DIR/<split>-*.parquet` or `DIR/<split>/*.parquet`.
+Prepare one on a machine with internet, e.g.::
+
+    datasets.load_dataset("cifar100").save_to_disk("DIR")
+
+Fields become tasks: `config.data.input_field` (default `image`) is the
+input (an image feature, `{bytes, path}`, decoded with Pillow; or a
+numeric array); `config.data.tasks = {task: field}` maps tasks to integer
+label fields (default: every ClassLabel field, each a task of its name).
+Class counts come from the ClassLabel metadata (`dataset_info.json`, or
+the `huggingface` schema metadata a Parquet file written by `datasets`
+carries), else from the largest label + 1 over both splits. Example ids:
+`config.data.id_field` when the data has it (checked unique), else the row
+index in file order (files sorted by name), stable across runs.
+"""
+
+import glob
+import io
+import json
+import os
+
+import numpy as np
+
+from mtkd.data.datasets import DATASETS, Dataset, Split
+from mtkd.errors import UserError
+
+SPLITS = ("train", "test")
+FIX = ("Prepare it on a machine with internet: `datasets.load_dataset(NAME)"
+       ".save_to_disk(DIR)`, or write `DIR/train.parquet` and "
+       "`DIR/test.parquet`; then --config.data.path=DIR.")
+
+
+def _files(root: str, split: str) -> tuple[str, list[str]]:
+  """('arrow' | 'parquet', the split's files in name order)."""
+  arrow = sorted(glob.glob(os.path.join(root, split, "*.arrow")))
+  if arrow:
+    return "arrow", arrow
+  parquet = sorted(set(
+      glob.glob(os.path.join(root, f"{split}.parquet"))
+      + glob.glob(os.path.join(root, f"{split}-*.parquet"))
+      + glob.glob(os.path.join(root, split, "*.parquet"))))
+  if parquet:
+    return "parquet", parquet
+  raise UserError(f"No {split} split in {root!r} (no {split}/*.arrow or "
+                  f"{split}*.parquet). {FIX}")
+
+
+def _features(root: str, split: str, fmt: str, table) -> dict:
+  """The `datasets` features metadata, if the data carries it."""
+  info = os.path.join(root, split, "dataset_info.json")
+  if fmt == "arrow" and os.path.isfile(info):
+    with open(info) as f:
+      return json.load(f).get("features", {})
+  meta = (table.schema.metadata or {}).get(b"huggingface")
+  if meta:
+    return json.loads(meta).get("info", {}).get("features", {})
+  return {}
+
+
+def read_split(root: str, split: str):
+  """(pyarrow Table, features metadata) of one split."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  fmt, files = _files(root, split)
+  if fmt == "arrow":
+    tables = []
+    for path in files:
+      with pa.memory_map(path) as source:
+        try:
+          tables.append(pa.ipc.open_stream(source).read_all())
+        except pa.ArrowInvalid:
+          tables.append(pa.ipc.open_file(source).read_all())
+  else:
+    tables = [pq.read_table(path) for path in files]
+  try:
+    table = pa.concat_tables(tables)
+  except pa.ArrowInvalid as e:
+    raise UserError(f"The {split} files in {root!r} have different schemas "
+                    f"({e}).") from None
+  return table, _features(root, split, fmt, tables[0])
+
+
+def _inputs(column: list, field: str, where: str) -> np.ndarray:
+  """An image feature's `{bytes, path}` (decoded) or numeric arrays."""
+  first = column[0]
+  if isinstance(first, dict) and "bytes" in first:
+    from PIL import Image
+    out = []
+    for i, item in enumerate(column):
+      try:
+        with Image.open(io.BytesIO(item["bytes"])) as im:
+          x = np.asarray(im)
+      except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"{where}: row {i} of {field!r} is not a decodable "
+                        f"image ({type(e).__name__}: {e}).") from None
+      out.append(x if x.ndim == 3 else x[..., None])
+    shapes = {x.shape for x in out}
+    if len(shapes) > 1:
+      raise UserError(f"{where}: images of {field!r} differ in size "
+                      f"({sorted(shapes)[:3]}); resize them when preparing "
+                      "the data.")
+    return np.stack(out)
+  try:
+    return np.asarray(column, np.float32)
+  except (TypeError, ValueError):
+    raise UserError(f"{where}: field {field!r} is neither an image feature "
+                    "nor numeric arrays of one shape.") from None
+
+
+def _class_labels(features: dict) -> dict[str, int]:
+  return {name: len(f["names"]) for name, f in features.items()
+          if isinstance(f, dict) and f.get("_type") == "ClassLabel"}
+
+
+@DATASETS.register("hf")
+def hf(cfg) -> Dataset:
+  root = os.path.expanduser(cfg.get("path", "") or "")
+  if not root or not os.path.isdir(root):
+    raise UserError(f"config.data.name='hf' needs --config.data.path=DIR, a "
+                    f"directory (got {root!r}). {FIX}")
+  input_field = cfg.get("input_field", "image") or "image"
+  id_field = cfg.get("id_field", "id") or "id"
+  tables = {s: read_split(root, s) for s in SPLITS}
+  fields = {s: set(t.column_names) for s, (t, _) in tables.items()}
+  if fields["train"] != fields["test"]:
+    raise UserError(f"{root!r}: train has fields {sorted(fields['train'])}, "
+                    f"test {sorted(fields['test'])}; the splits' schemas "
+                    "must match.")
+  meta = tables["train"][1]
+  classes = _class_labels(meta)
+  tasks = dict(cfg.get("tasks") or {}) or {name: name for name in classes}
+  if not tasks:
+    raise UserError(f"{root!r} has no ClassLabel field; name the label "
+                    "fields with config.data.tasks = {task: field}.")
+  for field in [input_field, *tasks.values()]:
+    if field not in fields["train"]:
+      raise UserError(f"{root!r} has no field {field!r}; it has "
+                      f"{sorted(fields['train'])}. Fix config.data."
+                      f"{'input_field' if field == input_field else 'tasks'}.")
+  splits = {}
+  for s, (table, _) in tables.items():
+    where = f"{root!r} {s} split"
+    x = _inputs(table.column(input_field).to_pylist(), input_field, where)
+    labels = {t: np.asarray(table.column(f).to_numpy(zero_copy_only=False),
+                            np.int32) for t, f in tasks.items()}
+    ids = (np.asarray(table.column(id_field).to_numpy(), np.int64)
+           if id_field in fields[s] else np.arange(len(x), dtype=np.int64))
+    splits[s] = Split(x, labels, ids)
+  num_classes = {t: classes.get(f) or 1 + int(max(
+      splits[s].labels[t].max() for s in SPLITS)) for t, f in tasks.items()}
+  return Dataset("hf", splits["train"], splits["test"], num_classes)

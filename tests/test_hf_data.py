@@ -1,0 +1,119 @@
+"""Hugging Face datasets on disk (`config.data.name='hf'`), written here
+with pyarrow in the two layouts `datasets` produces: a `save_to_disk`
+folder (Arrow stream + dataset_info.json) and Parquet files carrying the
+`huggingface` schema metadata. CIFAR-100's schema: an image feature and two
+ClassLabel fields."""
+
+import io
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from mtkd.data import datasets
+from mtkd.errors import UserError
+
+FEATURES = {
+    "img": {"_type": "Image"},
+    "fine_label": {"_type": "ClassLabel", "names": [f"f{i}" for i in range(6)]},
+    "coarse_label": {"_type": "ClassLabel", "names": ["a", "b", "c"]},
+}
+
+
+def _png(x):
+  buf = io.BytesIO()
+  Image.fromarray(x).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def _table(n, seed, with_id=False):
+  rng = np.random.default_rng(seed)
+  fine = rng.integers(0, 6, n)
+  imgs = []
+  for f in fine:  # Learnable: the fine class sets the brightness.
+    x = rng.integers(0, 40, (8, 8, 3)).astype(np.uint8) + np.uint8(30 * f)
+    imgs.append({"bytes": _png(x), "path": None})
+  cols = {"img": imgs, "fine_label": fine, "coarse_label": fine // 2}
+  if with_id:
+    cols["id"] = 1000 + np.arange(n)[::-1]
+  return pa.table(cols)
+
+
+def _save_to_disk(root, counts=(48, 16), with_id=False):
+  for split, n, seed in (("train", counts[0], 0), ("test", counts[1], 1)):
+    d = os.path.join(root, split)
+    os.makedirs(d)
+    table = _table(n, seed, with_id)
+    with pa.OSFile(os.path.join(d, "data-00000-of-00001.arrow"), "wb") as f:
+      with pa.ipc.new_stream(f, table.schema) as w:
+        w.write_table(table)
+    with open(os.path.join(d, "dataset_info.json"), "w") as f:
+      json.dump({"features": FEATURES}, f)
+  return root
+
+
+def _parquet(root, counts=(48, 16)):
+  os.makedirs(root)
+  meta = {b"huggingface": json.dumps({"info": {"features": FEATURES}})}
+  for split, n, seed in (("train", counts[0], 0), ("test", counts[1], 1)):
+    table = _table(n, seed)
+    pq.write_table(table.replace_schema_metadata(meta),
+                   os.path.join(root, f"{split}.parquet"))
+  return root
+
+
+def _cfg(path, **kw):
+  return ml_collections.ConfigDict(dict(
+      dict(name="hf", path=str(path), input_field="img"), **kw))
+
+
+def test_both_layouts_load_the_same_data(tmp_path):
+  a = datasets.build(_cfg(_save_to_disk(str(tmp_path / "disk"))))
+  b = datasets.build(_cfg(_parquet(str(tmp_path / "pq"))))
+  assert a.num_classes == b.num_classes == {"fine_label": 6,
+                                            "coarse_label": 3}
+  assert a.input_shape == (8, 8, 3) and a.train.x.dtype == np.uint8
+  np.testing.assert_array_equal(a.train.x, b.train.x)
+  np.testing.assert_array_equal(a.train.ids, np.arange(48))
+  want = _table(48, 0)
+  np.testing.assert_array_equal(a.train.labels["fine_label"],
+                                want.column("fine_label").to_numpy())
+  np.testing.assert_array_equal(b.test.labels["coarse_label"],
+                                _table(16, 1).column("coarse_label").to_numpy())
+
+
+def test_tasks_ids_and_errors(tmp_path):
+  root = _save_to_disk(str(tmp_path / "d"), with_id=True)
+  ds = datasets.build(_cfg(root, tasks={"fine": "fine_label"}))
+  assert ds.tasks == ("fine",) and ds.num_classes == {"fine": 6}
+  np.testing.assert_array_equal(ds.train.ids, 1000 + np.arange(48)[::-1])
+  with pytest.raises(UserError, match="no field 'label'"):
+    datasets.build(_cfg(root, tasks={"x": "label"}))
+  with pytest.raises(UserError, match="no field 'image'.*input_field"):
+    datasets.build(_cfg(root, input_field="image"))
+  with pytest.raises(UserError, match="save_to_disk"):
+    datasets.build(_cfg(tmp_path / "nowhere"))
+  os.remove(os.path.join(root, "test", "data-00000-of-00001.arrow"))
+  pq.write_table(pa.table({"img": [None], "other": [1]}),
+                 os.path.join(root, "test.parquet"))
+  with pytest.raises(UserError, match="schemas must match"):
+    datasets.build(_cfg(root))
+
+
+def test_hf_pipeline_end_to_end(tmp_path, run_mtkd):
+  from configs import quickstart
+  root = _parquet(str(tmp_path / "pq"), counts=(96, 32))
+  c = quickstart.get_config("smoke")
+  c.data.name, c.data.path, c.data.input_field = "hf", root, "img"
+  c.data.num_labeled = 48
+  c.teacher.steps = c.student.steps = 10
+  c.teacher.model = c.student.model = dict(name="mlp", hidden=(16,))
+  results = run_mtkd(c, tmp_path / "w")
+  assert set(results) == {"fine_label", "coarse_label"}
+  for task in results:
+    assert {"teacher", "baseline", "student"} <= set(results[task])
