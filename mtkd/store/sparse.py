@@ -41,6 +41,9 @@ import numpy as np
 TAILS = ("uniform", "renormalized", "bucket", "sampled")
 FILL = -1e9  # Logit of a class with target probability 0 (finite: no NaNs).
 _BLOCK = 1024  # Rows per vectorised sampling block (bounds float64 offsets).
+# Rows compressed at a time: the float64 passes over [rows, C] then take
+# ~8 bytes x 4096 x C (330 MB at C = 10k) whatever the shard size.
+_ROWS = 4096
 
 
 def logsumexp(x: np.ndarray) -> np.ndarray:
@@ -208,6 +211,11 @@ def compress(logits: np.ndarray, ids: np.ndarray, k: int, tail: str,
     out = compress(logits.reshape(n * length, c), tokens, k, tail,
                    temperatures, rounding, seed)
     return tuple(a.reshape(n, length, *a.shape[1:]) for a in out)
+  if len(logits) > _ROWS:  # Bounded memory: the float64 work is per block.
+    parts = [compress(logits[s:s + _ROWS], ids[s:s + _ROWS], k, tail,
+                      temperatures, rounding, seed)
+             for s in range(0, len(logits), _ROWS)]
+    return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
   if tail == "sampled":
     (t,) = temperatures
     return sample(logits, ids, k, t, seed)
