@@ -58,6 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.cache.dtype = "bfloat16"
   c.cache.top_k = 16
   c.cache.tail = "bucket"
+  c.cache.shard_size = 256  # 256 x 32 x 10k float32 logits: 330 MB a shard.
   c.eval_batch_size = 256
   c.data.max_test = 1000  # Dense test logits: 1000 x 32 x 10k floats.
 

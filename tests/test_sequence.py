@@ -274,3 +274,13 @@ def test_lm_kd_smoke_verifies_and_resumes_exactly(tmp_path, run_mtkd):
   (w / "results.json").unlink()
   run_mtkd(c, w)
   assert (w / "results.json").read_bytes() == final
+
+
+def test_cache_shards_that_would_not_fit_in_memory_are_refused(
+    tmp_path, run_mtkd, monkeypatch):
+  from configs import lm_kd
+  from mtkd.stages import plan
+  c = lm_kd.get_config("smoke")  # 64 words x 12 positions x 4 B = 3 KiB.
+  monkeypatch.setattr(plan, "SHARD_BYTES", 100 * 3200)
+  with pytest.raises(UserError, match=r"shard_size <= \d+"):
+    run_mtkd(c, tmp_path / "w")

@@ -57,6 +57,27 @@ def _check_cache(config, specs: tuple[TaskSpec, ...]) -> None:
         "config.cache.temperatures empty (each task's own temperature).")
 
 
+SHARD_BYTES = 4 * 2**30  # Host memory one cache shard's logits may take.
+
+
+def _check_shard_memory(config, ds: Dataset) -> None:
+  """A cache shard's teacher outputs are gathered on the host before they
+  are stored: with sequence tasks ([shard, L, V] float32) that can exceed
+  the host's memory, so refuse before any compute."""
+  shard = int(config.cache.shard_size)
+  per_example = sum(
+      4 * ds.num_classes[t] * (np.prod(ds.train.labels[t].shape[1:])
+                               if ds.kind(t) == "sequence" else 1)
+      for t in ds.tasks)
+  if shard * per_example > SHARD_BYTES:
+    fit = max(1, SHARD_BYTES // per_example)
+    raise UserError(
+        f"config.cache.shard_size={shard}: one shard's teacher outputs "
+        f"would take {shard * per_example / 2**30:.1f} GiB of host memory "
+        f"({per_example / 2**20:.1f} MiB per example, sequence tasks "
+        f"included). Fix: set config.cache.shard_size <= {fit}.")
+
+
 def _check_views(config) -> None:
   """`config.cache.views`: a count, and something to render views with."""
   k, seed = config.cache.get("views", 0), config.cache.get("view_seed", 0)
@@ -150,6 +171,7 @@ def check_config(config, ds: Dataset, mesh) -> tuple[TaskSpec, ...]:
     raise UserError(f"config.nonfinite is {config.nonfinite!r}; use 'stop' or "
                     "'skip'.")
   _check_cache(config, specs)
+  _check_shard_memory(config, ds)
   _check_eval(config, ds)
   for name in config.writers:
     WRITERS.get(name)
