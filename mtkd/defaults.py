@@ -93,6 +93,11 @@ def base_config() -> ml_collections.ConfigDict:
       input_field="image",
       id_field="id",
       tasks={},
+      # For name='mix': {source: data block} with disjoint tasks, and how
+      # training draws sources: proportional | uniform | temperature.
+      sources={},
+      sampling="proportional",
+      sampling_temperature=1.0,
       # For name='synthetic_images' (generated; tests and smoke runs).
       synthetic=dict(size=32, channels=3, classes=10, num_train=2048,
                      num_test=512),

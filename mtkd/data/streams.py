@@ -55,17 +55,23 @@ class Gather:
 
 
 class EpochShuffle:
-  """Batch index -> row indices: seeded permutation per epoch, no drop."""
+  """Batch index -> row indices: seeded permutation per epoch, no drop.
+  With `weights` (one per row), an epoch is len(rows) seeded draws with
+  replacement, row i with probability weights[i] / sum(weights): the
+  per-task sampling of a mixed dataset, resumable like the permutation."""
 
-  def __init__(self, rows: np.ndarray, batch_size: int, seed: int):
+  def __init__(self, rows: np.ndarray, batch_size: int, seed: int,
+               weights: np.ndarray | None = None):
     self.rows, self.batch_size, self.seed = rows, batch_size, seed
+    self.p = None if weights is None else weights / weights.sum()
     self._cache: dict[int, np.ndarray] = {}
 
   def permutation(self, epoch: int) -> np.ndarray:
     perm = self._cache.get(epoch)
     if perm is None:
-      perm = np.random.default_rng([self.seed, epoch]).permutation(
-          len(self.rows))
+      rng = np.random.default_rng([self.seed, epoch])
+      perm = (rng.permutation(len(self.rows)) if self.p is None else
+              rng.choice(len(self.rows), len(self.rows), p=self.p))
       if len(self._cache) > 4:  # Threads read neighbouring epochs only.
         self._cache.pop(min(self._cache))
       self._cache[epoch] = perm
@@ -145,7 +151,8 @@ def train_stream(split: Split, labels: Mapping[str, np.ndarray],
   join reads a view cache (`ReplayViews`).
   """
   rows = np.arange(len(split)) if rows is None else np.asarray(rows, np.int64)
-  shuffle = EpochShuffle(rows, batch_size, seed)
+  shuffle = EpochShuffle(rows, batch_size, seed, None if split.weights is None
+                         else np.asarray(split.weights, np.float64)[rows])
   if num_views:
     return grain.MapDataset.range(2**62).map(ReplayViews(
         shuffle, Gather(split, labels), join, num_views, seed, view_seed,

@@ -24,6 +24,7 @@ from mtkd.data.datasets import Dataset, Split
 from mtkd.errors import UserError
 from mtkd.methods import tasks
 from mtkd.methods.tasks import TaskSpec
+from mtkd.store.fingerprint import tree_fingerprint
 from mtkd.store.layout import Layout
 from mtkd.train import loop
 from mtkd.train.placement import Placement
@@ -47,9 +48,12 @@ class Run:
 
   @functools.cached_property
   def common(self) -> dict:
-    return {"dataset": self.config.data.name,
-            "dataset_fingerprint": self.ds.train.fingerprint(),
-            "seed": self.config.seed}
+    out = {"dataset": self.config.data.name,
+           "dataset_fingerprint": self.ds.train.fingerprint(),
+           "seed": self.config.seed}
+    if self.ds.train.weights is not None:  # How training samples rows.
+      out["sampling"] = tree_fingerprint(self.ds.train.weights)
+    return out
 
   def fit(self, name: str, directory: str, **job) -> Any:
     """Trains (resumes, restores) one model with the run's loop settings;
