@@ -252,7 +252,7 @@ def test_sequence_task_pmap_matches_jit(sparse_teacher):
 
 def test_lm_kd_smoke_verifies_and_resumes_exactly(tmp_path, run_mtkd):
   """configs/lm_kd.py:smoke: an LM task and two classification tasks, each
-  from its own teacher, a per-token bucket cache; `--verify` re-derives it
+  from its own teacher, a per-token sampled cache; `--verify` re-derives it
   and a student resumed mid-run ends bit-identical."""
   from configs import lm_kd
   from mtkd.stages import verify
@@ -265,7 +265,7 @@ def test_lm_kd_smoke_verifies_and_resumes_exactly(tmp_path, run_mtkd):
   assert lm["student"]["perplexity"] == pytest.approx(
       np.exp(lm["student"]["loss"]))
   meta = cache.read_metadata(str(w / "cache" / "next_word-bfloat16-top4-"
-                                 "bucket-T2" / "train"))
+                                 "sampled-T2" / "train"))
   assert meta["positions"] == {"next_word": 12}
   assert meta["vocabulary"] == "synthetic_text-64"
   assert verify.verify_workdir(c, str(w)) == []

@@ -279,3 +279,19 @@ def test_compress_in_blocks_equals_whole(monkeypatch, tail):
   blocked = sparse.compress(x, ids, 3, tail, temps)
   for a, b in zip(whole, blocked, strict=True):
     np.testing.assert_array_equal(a, b)
+
+
+def test_sampled_cache_with_more_draws_than_classes(tmp_path):
+  """k draws with replacement may exceed the class count (a 2-class task
+  beside a 10k-word one in one cache): stored and read back whole."""
+  x = np.random.default_rng(6).normal(size=(20, 2)).astype(np.float32)
+  cache.build(str(tmp_path), 20, 8, lambda a, b: (np.arange(a, b),
+                                                  {"t": x[a:b]}),
+              {"teacher": "m"}, "float32", top_k=5, top_k_names=["t"],
+              tail="sampled", temperatures={"t": [2.0]})
+  c = cache.LogitCache(str(tmp_path), {"teacher": "m"})
+  rows = c.teacher_rows(np.arange(20), {"t": 2.0})["t"]
+  assert rows["indices"].shape == (20, 5)
+  p_hat = np.exp(sparse.dense("sampled", c.stored(np.arange(20), "t"), 2,
+                              2.0) / 2.0)
+  np.testing.assert_allclose(p_hat.sum(1), 1.0, rtol=1e-6)
