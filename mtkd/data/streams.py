@@ -129,12 +129,8 @@ class ReplayViews:
     ids = batch["ids"]
     v = views.view_index(self.seed, ids, epochs, self.num_views)
     batch.update(self.join(views.view_ids(ids, v, self.num_views)))
-    batch["view_seed"] = views.view_seed(self.view_seed, ids, v)
-    if self.mixup:  # The partners' inputs; the step mixes their views.
-      split = self.gather.split
-      batch["mix_inputs"] = to_float(split.x[views.mix_partner(
-          self.view_seed, ids, v, len(split))])
-      batch["mix_weight"] = views.mix_weight(self.view_seed, ids, v)
+    batch.update(views.view_keys(self.gather.split, ids, v, self.view_seed,
+                                 self.mixup))
     return batch
 
 

@@ -100,17 +100,27 @@ def render(augment: Augment, x: jax.Array, seeds: jax.Array,
   return lam * a + (1 - lam) * b
 
 
+def view_keys(split, ids: np.ndarray, views: np.ndarray, seed: int,
+              mixup: bool) -> dict[str, np.ndarray]:
+  """Host: what renders views `views` of examples `ids` besides their
+  inputs: `view_seed`, and for mixup the partners' inputs (`mix_inputs`)
+  and weights (`mix_weight`). The caching stage, `--verify` and the
+  student's batches (`streams.ReplayViews`) all build them here."""
+  out = {"view_seed": view_seed(seed, ids, views)}
+  if mixup:
+    out["mix_inputs"] = to_float(split.x[mix_partner(seed, ids, views,
+                                                      len(split))])
+    out["mix_weight"] = mix_weight(seed, ids, views)
+  return out
+
+
 def render_rows(render_fn: Callable[..., np.ndarray], split, rows: np.ndarray,
                 views: np.ndarray, seed: int, mixup: bool) -> np.ndarray:
   """Host: views `views` of `split`'s rows `rows` (float32), through a
-  `renderer`: what the caching stage and `--verify` feed the teacher, and
-  what the step re-renders from the batch `ReplayViews` builds."""
-  ids = split.ids[rows]
-  args = [to_float(split.x[rows]), view_seed(seed, ids, views)]
-  if mixup:
-    args += [to_float(split.x[mix_partner(seed, ids, views, len(split))]),
-             mix_weight(seed, ids, views)]
-  return render_fn(*args)
+  `renderer`: what the caching stage and `--verify` feed the teacher."""
+  keys = view_keys(split, split.ids[rows], views, seed, mixup)
+  return render_fn(to_float(split.x[rows]), keys["view_seed"],
+                   keys.get("mix_inputs"), keys.get("mix_weight"))
 
 
 def renderer(augment: Augment) -> Callable[..., np.ndarray]:

@@ -115,12 +115,6 @@ def _eval_regression(pred, target) -> dict:
           "loss": float(np.mean(np.mean(err**2, -1))), "count": len(target)}
 
 
-def _eval_sequence(logits, labels) -> dict:
-  """Token rows (`token_view`): accuracy, mean NLL and its exp."""
-  out = _eval_classification(logits, labels)
-  return dict(out, perplexity=float(np.exp(out["loss"])))
-
-
 def _agree_classification(student, teacher, t) -> dict:
   return {"agreement": float(np.mean(student.argmax(-1) == teacher.argmax(-1))),
           "kl": _np_kl(teacher, student, t), "kl_t1": _np_kl(teacher, student,
@@ -177,7 +171,8 @@ KINDS.register("sequence")(Kind(
     name="sequence", labelled=lambda y: y >= 0,
     loss=losses.cross_entropy, kd=losses.softmax_kd,
     score=losses.correct, score_name="accuracy",
-    evaluate=_eval_sequence, agreement=_agree_classification,
+    # Per chunk of token rows; `_evaluate_tokens` sums them, adds perplexity.
+    evaluate=_eval_classification, agreement=_agree_classification,
     higher_is_better=True, main="accuracy", per_token=True))
 
 
@@ -251,14 +246,15 @@ def _evaluate_tokens(spec: TaskSpec, outputs: np.ndarray, labels: np.ndarray,
   rows = np.flatnonzero(keep)
   flat, y = outputs.reshape(-1, v), labels.reshape(-1)
   flat_t = None if teacher is None else np.asarray(teacher).reshape(-1, v)
+  k = kind(spec)
   sums = collections.Counter()
   for s in range(0, len(rows), chunk):
     r = rows[s:s + chunk]
-    part = _eval_classification(flat[r], y[r])
+    part = k.evaluate(flat[r], y[r])
     sums["correct"] += part["accuracy"] * len(r)
     sums["nll"] += part["loss"] * len(r)
     if flat_t is not None:
-      agree = _agree_classification(flat[r], flat_t[r], spec.temperature)
+      agree = k.agreement(flat[r], flat_t[r], spec.temperature)
       for key, value in agree.items():
         sums[key] += value * len(r)
   n = max(len(rows), 1)

@@ -414,9 +414,7 @@ class LogitCache:
       parts[t] = tuple(np.load(os.path.join(where, f), mmap_mode="r",
                                allow_pickle=False)
                        for f in _files(t, self.tail if is_top_k else None))
-      # Sampled: k draws with replacement, however many classes there are.
-      k = self.meta["top_k"] if self.tail == "sampled" else min(
-          self.meta["top_k"], c)
+      k = sparse.width(self.meta["top_k"], c, self.tail)
       temps = self.meta.get("tail_temperatures", {}).get(t, ())
       lead = (n, *([self.meta["positions"][t]]
                    if t in self.meta.get("positions", {}) else []))

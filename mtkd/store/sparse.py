@@ -188,6 +188,12 @@ def files(name: str, tail: str) -> tuple[str, ...]:
   return base + ((f"tailmass_{name}.npy",) if tail == "bucket" else ())
 
 
+def width(top_k: int, num_classes: int, tail: str) -> int:
+  """Entries stored per row: min(k, C) of a top-k mode; k for `sampled`
+  (k draws with replacement, however many classes there are)."""
+  return top_k if tail == "sampled" else min(top_k, num_classes)
+
+
 def shapes(lead: int | tuple[int, ...], k: int, tail: str,
            num_temperatures: int) -> tuple[tuple[int, ...], ...]:
   """The shapes of `files(name, tail)` for rows of top-k (k <= C) with
