@@ -64,13 +64,17 @@ def constant(lr: float, total: int, to_steps: Callable, **unused):
   return lr
 
 
-@SCHEDULES.register("warmup_cosine")
-def warmup_cosine(lr: float, total: int, to_steps: Callable, warmup=0,
-                  end_value=0.0, **unused):
-  w = to_steps(warmup)
+def _warmup_steps(w: int, total: int) -> int:
   if not 0 <= w < total:
     raise UserError(f"schedule warmup is {w} steps; it must be >= 0 and "
                     f"shorter than the stage ({total} steps).")
+  return w
+
+
+@SCHEDULES.register("warmup_cosine")
+def warmup_cosine(lr: float, total: int, to_steps: Callable, warmup=0,
+                  end_value=0.0, **unused):
+  w = _warmup_steps(to_steps(warmup), total)
   return optax.warmup_cosine_decay_schedule(0.0, lr, w, total,
                                             end_value) if w else (
       optax.cosine_decay_schedule(lr, total, end_value / lr if lr else 0.0))
@@ -90,10 +94,7 @@ def multistep(lr: float, total: int, to_steps: Callable, boundaries=(),
 @SCHEDULES.register("linear")
 def linear(lr: float, total: int, to_steps: Callable, warmup=0,
            end_value=0.0, **unused):
-  w = to_steps(warmup)
-  if not 0 <= w < total:
-    raise UserError(f"schedule warmup is {w} steps; it must be >= 0 and "
-                    f"shorter than the stage ({total} steps).")
+  w = _warmup_steps(to_steps(warmup), total)
   return optax.join_schedules(
       [optax.linear_schedule(0.0, lr, w),
        optax.linear_schedule(lr, end_value, total - w)], [w])
