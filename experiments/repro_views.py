@@ -8,6 +8,8 @@ variant of a seed):
   fixed    method=online_cached: the cache holds the un-augmented pairs
   views_K  the same with `cache.views=K`: the teachers cached on K shifted
            views per pair, the student replaying one per draw
+  views_8_mix  views_8 with mixup views (function matching from a cache;
+           distill.alpha=1: a mixed view has no single label)
   online   method=online_teacher: the teachers run in the step
 
 The report (experiments/figures/views/report.md) gives per variant the
@@ -33,7 +35,8 @@ from experiments import repro_common as rc
 
 CONFIG = "repro_multifashion"
 KS = (1, 2, 4, 8, 16, 32)
-METHODS = ("fixed",) + tuple(f"views_{k}" for k in KS) + ("online",)
+METHODS = ("fixed",) + tuple(f"views_{k}" for k in KS) + (
+    "views_8_mix", "online")
 STEPS = 500
 
 flags.adopt_module_key_flags(rc)
@@ -45,7 +48,10 @@ def method_run(method: str) -> tuple[str, dict]:
     return "method=online_teacher", {}
   if method == "fixed":
     return "method=online_cached", {}
-  return "method=online_cached", {"cache.views": int(method.split("_")[1])}
+  over = {"cache.views": int(method.split("_")[1])}
+  if method.endswith("_mix"):
+    over.update({"cache.mixup": True, "distill.alpha": 1.0})
+  return "method=online_cached", over
 
 
 def run_all(root: str, methods, seeds) -> None:
@@ -57,8 +63,7 @@ def run_all(root: str, methods, seeds) -> None:
     for m in methods:
       arg, over = method_run(m)
       over = dict(over, seed=seed)
-      if m != "online":
-        over["teacher.workdir"] = tdir
+      over["teacher.workdir"] = tdir
       rc.run(CONFIG, arg, os.path.join(base, f"{m}_s{seed}"), over,
              os.path.join(base, "logs"))
 
@@ -79,10 +84,12 @@ def collect(root: str) -> dict:
       continue
     t = rc.load_json(os.path.join(wd, "timings.json"), {})
     k = cfg.get("cache", {}).get("views", 0)
+    suffix = f"-views{k}" + ("mix" if cfg.get("cache", {}).get("mixup")
+                             else "")
     tdir = cfg.get("teacher", {}).get("workdir") or wd
     names = [p for p in glob.glob(os.path.join(tdir, "cache", "*", "train"))]
-    caches = [p for p in names if (p.split(os.sep)[-2].endswith(
-        f"-views{k}") if k else "-views" not in p.split(os.sep)[-2])]
+    caches = [p for p in names if (p.split(os.sep)[-2].endswith(suffix)
+                                   if k else "-views" not in p.split(os.sep)[-2])]
     out.setdefault(method, {})[int(seed)] = dict(
         acc={task: r["student"]["accuracy"] for task, r in res.items()},
         agree={task: r["student"].get("agreement") for task, r in res.items()},

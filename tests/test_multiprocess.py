@@ -3,9 +3,11 @@ coordinated by jax.distributed on 127.0.0.1, against one process with 4."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -29,21 +31,46 @@ def _env(devices: int) -> dict:
 
 
 def _start(args, devices):
-  return subprocess.Popen([sys.executable, "-m", "mtkd.main", *ARGS, *args],
-                          cwd=ROOT, env=_env(devices), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  """Output goes to a temporary file, not a pipe: an undrained pipe blocks
+  its writer once full, and a blocked rank hangs the other in a collective.
+  `-X faulthandler`: a hung rank dumps its Python stacks on SIGABRT."""
+  log = tempfile.TemporaryFile("w+")
+  p = subprocess.Popen(
+      [sys.executable, "-X", "faulthandler", "-m", "mtkd.main", *ARGS, *args],
+      cwd=ROOT, env=_env(devices), stdout=log, stderr=subprocess.STDOUT,
+      text=True)
+  p.log = log
+  return p
 
 
-def _finish(procs, timeout=400):
-  outs = []
+def _finish(procs, timeout=300):
+  """The processes' outputs once all exit 0; a hang fails with every rank's
+  stacks and output tail."""
+  hung = False
   try:
     for p in procs:
-      outs.append(p.communicate(timeout=timeout)[0])
+      p.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    hung = True
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signal.SIGABRT)
+        try:
+          p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+          pass
   finally:
     for p in procs:
       p.kill()
-  for p, out in zip(procs, outs, strict=True):
-    assert p.returncode == 0, out[-3000:]
+  outs = []
+  for p in procs:
+    p.log.seek(0)
+    outs.append(p.log.read())
+    p.log.close()
+  tails = "\n".join(f"--- rank {i} (exit {p.returncode}):\n{out[-4000:]}"
+                     for i, (p, out) in enumerate(zip(procs, outs, strict=True)))
+  assert not hung, f"hung past {timeout}s:\n{tails}"
+  assert all(p.returncode == 0 for p in procs), tails
   return outs
 
 

@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -66,8 +67,9 @@ def test_kill9_at_random_moments_resumes_bit_identically(tmp_path, cli):
              after_saves("baseline"), after_saves("student")]
   killed, outputs = [], []
   for name, reached in targets:
+    log = tempfile.TemporaryFile("w+")  # Not a pipe: nothing drains it.
     p = subprocess.Popen([sys.executable, "-m", "mtkd.main", *args,
-                          f"--workdir={w}"], cwd=ROOT, stdout=subprocess.PIPE,
+                          f"--workdir={w}"], cwd=ROOT, stdout=log,
                          stderr=subprocess.STDOUT, text=True,
                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
     deadline = time.time() + 120
@@ -77,7 +79,10 @@ def test_kill9_at_random_moments_resumes_bit_identically(tmp_path, cli):
     if p.poll() is None:
       p.send_signal(signal.SIGKILL)
       killed.append(name)
-    outputs.append(p.communicate()[0])
+    p.wait()
+    log.seek(0)
+    outputs.append(log.read())
+    log.close()
   r = cli(*args, f"--workdir={w}")
   assert r.returncode == 0, r.stderr[-2000:]
   resumes = [line for o in outputs + [r.stderr + r.stdout]

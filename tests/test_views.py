@@ -121,11 +121,10 @@ def test_replay_stream_joins_the_drawn_view():
     np.testing.assert_array_equal(b["teacher"]["t"][:, 0], seen[-1])
 
 
-def _config(k=2, augment_cfg=None):
-  from configs import online_teacher
-  c = online_teacher.get_config("smoke,cached")
+def _config(k=2, augment_cfg=None, mixup=False):
+  from configs import cached_views
+  c = cached_views.get_config(f"smoke,views={k},mixup={mixup}")
   c.student.augment = augment_cfg or dict(max_shift=1, noise=0.05)
-  c.cache.views = k
   c.teacher.steps = c.student.steps = 20
   c.checkpoint_every = 10
   return c
@@ -158,9 +157,7 @@ def test_mixup_view_cache_verifies(tmp_path, run_mtkd):
   """Function matching from a cache: mixed views cached, replayed, and
   re-derived by `--verify` (partner and weight from (seed, id, view))."""
   from mtkd.stages import verify
-  c = _config()
-  c.cache.mixup = True
-  c.distill.alpha = 1.0
+  c = _config(mixup=True)
   c.baseline = False
   w = tmp_path / "run"
   results = run_mtkd(c, w)
