@@ -93,6 +93,13 @@ def base_config() -> ml_collections.ConfigDict:
       input_field="image",
       id_field="id",
       tasks={},
+      # Text input fields: a local tokenizer file (mtkd/data/tokenize.py):
+      # kind 'hf_tokenizers' (tokenizer.json) or 'sentencepiece' (.model).
+      tokenizer=dict(kind="", path="", max_len=128),
+      # For name='tfds' (ArrayRecord under `dir`): the TFDS name, and the
+      # TFDS splits read as train and test.
+      tfds_name="",
+      tfds_splits=dict(train="train", test="test"),
       # For name='mix': {source: data block} with disjoint tasks, and how
       # training draws sources: proportional | uniform | temperature.
       sources={},

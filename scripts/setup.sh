@@ -11,7 +11,7 @@ fi
 log=$(mktemp)
 .venv/bin/pip install -q --no-deps -e . >"$log" 2>&1 || { cat "$log"; exit 1; }
 rm -f "$log"
-.venv/bin/python -c "import jax, flax, optax, orbax.checkpoint, grain, ml_collections, tensorboardX, PIL, pyarrow, mtkd"
+.venv/bin/python -c "import jax, flax, optax, orbax.checkpoint, grain, ml_collections, tensorboardX, PIL, pyarrow, tensorflow_datasets, tokenizers, sentencepiece, mtkd"
 if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
    && [ -z "${MTKD_FASHION_MNIST_DIR:-}" ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

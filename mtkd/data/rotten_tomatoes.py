@@ -225,4 +225,5 @@ def rotten_tomatoes(cfg) -> datasets.Dataset:
   return datasets.Dataset(
       "rotten_tomatoes", part(~test), part(test), num_classes,
       kinds={lm_task: "sequence"} if lm_task else {},
-      vocabulary=vocabulary_fingerprint(vocab, "rotten_tomatoes.tokenize"))
+      vocabulary=vocabulary_fingerprint(vocab, "rotten_tomatoes.tokenize"),
+      vocab_size=vocab_size)

@@ -111,7 +111,8 @@ class CacheStage(Stage):
   def settings(self, r: Run, split: str = "train") -> dict:
     """The metadata a cache must carry to be used (checked on opening)."""
     vocabulary = {}
-    if any(r.ds.kind(t) == "sequence" for t in self.member.tasks):
+    if r.ds.vocabulary or any(r.ds.kind(t) == "sequence"
+                              for t in self.member.tasks):
       # Before the dataset's fingerprint: the clearer error when both differ.
       vocabulary = {"vocabulary": r.ds.vocabulary}
     return {"teacher": self.member.name,

@@ -171,6 +171,7 @@ def check_config(config, ds: Dataset, mesh) -> tuple[TaskSpec, ...]:
     raise UserError(f"config.nonfinite is {config.nonfinite!r}; use 'stop' or "
                     "'skip'.")
   _check_cache(config, specs)
+  _check_vocab(config, ds)
   _check_shard_memory(config, ds)
   _check_eval(config, ds)
   for name in config.writers:
@@ -188,6 +189,25 @@ def check_config(config, ds: Dataset, mesh) -> tuple[TaskSpec, ...]:
     raise UserError(f"config.data.num_labeled={n} exceeds the {len(ds.train)} "
                     "training examples; use -1 for all labels.")
   return specs
+
+
+def _check_vocab(config, ds: Dataset) -> None:
+  """A text trunk's embedding table covers the data's token ids (a smaller
+  one would silently read the ids above it as UNK)."""
+  if not ds.vocab_size:
+    return
+  models = {"config.teacher.model": config.teacher.model,
+            "config.student.model": config.student.model,
+            **{f"config.teacher.models.{t}": m
+               for t, m in (config.teacher.get("models") or {}).items()}}
+  for where, m in models.items():
+    size = m.get("vocab_size")
+    if size is not None and size < ds.vocab_size:
+      raise UserError(
+          f"{where}.vocab_size is {size}, but the data's token ids need "
+          f"{ds.vocab_size} (its tokenizer's vocabulary, PAD included): ids "
+          f"from {size} up would all read as UNK. Fix: set "
+          f"{where}.vocab_size={ds.vocab_size}.")
 
 
 def _check_eval(config, ds: Dataset) -> None:
