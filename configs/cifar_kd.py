@@ -22,16 +22,19 @@ alone / KD / DKD, from the CRD and DKD tables):
   resnet50_mobilenetv2   (mtkd's ResNet-50 is torchvision's, with the 7x7
                          stem; RepDistiller's CIFAR ResNet-50 has a 3x3 one,
                          so this pair does not reproduce its numbers)
-arg `data`: cifar100 (needs the TFDS source of the datasets issue; until it
-lands this config refuses to load it), fashion (Fashion-MNIST padded to
-32x32: the reduced-budget stand-in, with arg `epochs`), or `smoke`:
-generated 32x32 data, small models of the pair's families, seconds.
+arg `data`: cifar100 (TFDS in ArrayRecord, prepared on a machine with
+internet: `tfds build cifar100 --data_dir=DIR --file_format=array_record`,
+then --config.data.dir=DIR; default DIR ~/tensorflow_datasets), fashion
+(Fashion-MNIST padded to 32x32: the reduced-budget stand-in, with arg
+`epochs`), or `smoke`: generated 32x32 data, small models of the pair's
+families, seconds. configs/cifar100_mtl.py is the fine + coarse
+multi-task version.
 The teacher is trained here with the same recipe (or loaded with
 --config.teacher.checkpoint=...); results report last and best (chosen on
 a 5k validation split held out of train, as the CIFAR numbers are best-
 epoch numbers on test in the papers: say which when you compare).
 
-Reproduce (CIFAR-100, once the datasets issue lands):
+Reproduce (CIFAR-100):
   python -m mtkd.main --config=configs/cifar_kd.py:pair=resnet32x4_resnet8x4,method=dkd --workdir=workdirs/cifar_kd
 Reduced budget on Fashion-MNIST (experiments/README.md):
   python -m mtkd.main --config=configs/cifar_kd.py:pair=resnet56_resnet20,method=kd,data=fashion,epochs=2 --workdir=workdirs/fmnist_kd
@@ -61,9 +64,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"Unknown pair {args['pair']!r}; known: {sorted(PAIRS)}")
   teacher, student = PAIRS[args["pair"]]
   c = defaults.base_config()
-  c.data.name, c.data.num_labeled, c.data.val_size = "cifar100", -1, 5000
+  c.data.name, c.data.num_labeled, c.data.val_size = "tfds", -1, 5000
+  c.data.tfds_name, c.data.tasks = "cifar100", {"label": "label"}
   if args["data"] == "fashion":
     c.data.name, c.data.pad_to = "fashion_mnist", 32
+    c.data.tasks, c.data.tfds_name = {}, ""
   epochs = args["epochs"]
   steps = 50000 // 64 * epochs  # Rows / batch x epochs (CIFAR-100 train).
   lr = 0.01 if "mobilenet" in student else 0.05
@@ -102,6 +107,7 @@ def smoke(c: ml_collections.ConfigDict) -> None:
   """Seconds on 2 cores: generated 32x32 data, small models of the same
   families, every part of the recipe on."""
   defaults.smoke(c, data="synthetic_images")
+  c.data.tasks, c.data.tfds_name = {}, ""
   c.data.num_labeled, c.data.val_size = -1, 256
   c.data.max_train, c.data.max_test = 1024, 256
   for part in ("teacher", "student"):

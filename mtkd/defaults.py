@@ -96,15 +96,19 @@ def base_config() -> ml_collections.ConfigDict:
       # Text input fields: a local tokenizer file (mtkd/data/tokenize.py):
       # kind 'hf_tokenizers' (tokenizer.json) or 'sentencepiece' (.model).
       tokenizer=dict(kind="", path="", max_len=128),
-      # For name='tfds' (ArrayRecord under `dir`): the TFDS name, and the
-      # TFDS splits read as train and test.
+      # For name='tfds' (ArrayRecord under `dir`): the TFDS name.
       tfds_name="",
-      tfds_splits=dict(train="train", test="test"),
+      # For 'hf' and 'tfds': the stored splits read as train and test (GLUE
+      # hides its test labels: test='validation').
+      splits=dict(train="train", test="test"),
       # For name='mix': {source: data block} with disjoint tasks, and how
       # training draws sources: proportional | uniform | temperature.
       sources={},
       sampling="proportional",
       sampling_temperature=1.0,
+      # Smoke runs of the dataset configs: write this generated stand-in
+      # (mtkd/data/standin.py) before reading it with the real source.
+      standin="",
       # For name='synthetic_images' (generated; tests and smoke runs).
       synthetic=dict(size=32, channels=3, classes=10, num_train=2048,
                      num_test=512),

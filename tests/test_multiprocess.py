@@ -30,13 +30,13 @@ def _env(devices: int) -> dict:
               JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
 
 
-def _start(args, devices):
+def _start(args, devices, base=ARGS):
   """Output goes to a temporary file, not a pipe: an undrained pipe blocks
   its writer once full, and a blocked rank hangs the other in a collective.
   `-X faulthandler`: a hung rank dumps its Python stacks on SIGABRT."""
   log = tempfile.TemporaryFile("w+")
   p = subprocess.Popen(
-      [sys.executable, "-X", "faulthandler", "-m", "mtkd.main", *ARGS, *args],
+      [sys.executable, "-X", "faulthandler", "-m", "mtkd.main", *base, *args],
       cwd=ROOT, env=_env(devices), stdout=log, stderr=subprocess.STDOUT,
       text=True)
   p.log = log
@@ -133,3 +133,41 @@ def test_view_cache_two_processes_match_one(tmp_path, run_mtkd):
         np.testing.assert_allclose(got[task][model][k], v, rtol=1e-4,
                                    atol=1e-5, err_msg=f"{task}/{model}/{k}")
   assert (tmp_path / "two" / "cache" / "digit-views2" / "train").is_dir()
+
+
+def test_mixed_text_datasets_two_processes_match_one(tmp_path, run_mtkd,
+                                                      monkeypatch):
+  """configs/glue_mix.py's smoke (Parquet sources, a tokenizer file, a
+  mixed dataset) on 2 processes: every process reads the same examples
+  under the same ids (the cache shards each wrote hold the ids one
+  process gives them) and the results match one process's."""
+  from mtkd.configs_util import load_config
+  monkeypatch.setenv("MTKD_STANDIN_DIR", str(tmp_path / "standin"))
+  base = ["--config=configs/glue_mix.py:smoke", "--config.cache.shard_size=256",
+          "--config.teacher.steps=10", "--config.student.steps=10"]
+  c = load_config(os.path.join(ROOT, "configs", "glue_mix.py"), "smoke")
+  c.teacher.steps = c.student.steps = 10
+  c.cache.shard_size = 256  # 4 train shards: both processes write.
+  reference = run_mtkd(c, tmp_path / "one", devices=4)
+  port = _free_port()
+  procs = [_start([f"--workdir={tmp_path / 'two'}",
+                   "--config.parallel.distributed=True",
+                   f"--config.parallel.coordinator_address=127.0.0.1:{port}",
+                   "--config.parallel.num_processes=2",
+                   f"--config.parallel.process_id={i}"], 2, base)
+           for i in range(2)]
+  _finish(procs)
+  for task in ("sst2", "cola"):
+    for split in ("train", "test"):
+      ids = [np.concatenate([np.load(p) for p in sorted(
+          (tmp_path / w / "cache" / task / split).glob("*/ids.npy"))])
+             for w in ("one", "two")]
+      assert len(ids[0]) and np.array_equal(*ids), (task, split)
+  assert len(list((tmp_path / "two" / "cache" / "sst2" / "train").glob(
+      "shard-*"))) == 4
+  got = json.load(open(tmp_path / "two" / "results.json"))
+  for task in reference:
+    for model in reference[task]:
+      for k, v in reference[task][model].items():
+        np.testing.assert_allclose(got[task][model][k], v, rtol=1e-4,
+                                   atol=1e-5, err_msg=f"{task}/{model}/{k}")

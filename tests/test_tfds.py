@@ -89,7 +89,7 @@ def test_tasks_and_errors(data_dir):
   with pytest.raises(UserError, match="tfds build nope"):
     datasets.build(_cfg(data_dir, tfds_name="nope"))
   with pytest.raises(UserError, match="Unknown split"):
-    datasets.build(_cfg(data_dir, tfds_splits={"test": "validation"}))
+    datasets.build(_cfg(data_dir, splits={"test": "validation"}))
   with pytest.raises(UserError, match="no field 'fine_label'"):
     datasets.build(_cfg(data_dir, tasks={"fine": "fine_label"}))
   with pytest.raises(UserError, match="tfds_name"):

@@ -2,34 +2,27 @@
 Parquet files, read with pyarrow (the `datasets` package is not needed).
 
 `config.data.name='hf'`, `config.data.path=DIR`, where DIR holds per split
-(`train`, `test`) either a `save_to_disk` folder `DIR/<split>/` (Arrow
+(`train`, `test`, or the names `config.data.splits` maps them to) either a `save_to_disk` folder `DIR/<split>/` (Arrow
 stream files `data-*.arrow`, `dataset_info.json`) or Parquet files
 `DIR/<split>.parquet`, `DIR/<split>-*.parquet` or `DIR/<split>/*.parquet`.
 Prepare one on a machine with internet, e.g.::
 
     datasets.load_dataset("cifar100").save_to_disk("DIR")
 
-Fields become tasks: `config.data.input_field` (default `image`) is the
-input (an image feature, `{bytes, path}`, decoded with Pillow; text,
-tokenized by `config.data.tokenizer` (mtkd/data/tokenize.py) into
-`[max_len]` ids with PAD = 0; or a numeric array); `config.data.tasks = {task: field}` maps tasks to integer
-label fields (default: every ClassLabel field, each a task of its name).
-Class counts come from the ClassLabel metadata (`dataset_info.json`, or
-the `huggingface` schema metadata a Parquet file written by `datasets`
-carries), else from the largest label + 1 over both splits. Example ids:
-`config.data.id_field` when the data has it (checked unique), else the row
-index in file order (files sorted by name), stable across runs.
+Fields become tasks as mtkd/data/fields.py says (input field, default
+`image`; `config.data.tasks`, default every ClassLabel field; multilabel
+tasks from 0/1 columns; ids from `config.data.id_field`, else the row
+index in file order, files sorted by name). Class counts come from the
+ClassLabel metadata (`dataset_info.json`, or the `huggingface` schema
+metadata a Parquet file written by `datasets` carries).
 """
 
 import glob
 import json
 import os
 
-import numpy as np
-
 from mtkd.data import fields as fields_lib
-from mtkd.data import tokenize
-from mtkd.data.datasets import DATASETS, Dataset, Split
+from mtkd.data.datasets import DATASETS, Dataset
 from mtkd.errors import UserError
 
 SPLITS = ("train", "test")
@@ -99,41 +92,17 @@ def hf(cfg) -> Dataset:
   if not root or not os.path.isdir(root):
     raise UserError(f"config.data.name='hf' needs --config.data.path=DIR, a "
                     f"directory (got {root!r}). {FIX}")
-  input_field = cfg.get("input_field", "image") or "image"
-  id_field = cfg.get("id_field", "id") or "id"
-  tables = {s: read_split(root, s) for s in SPLITS}
-  fields = {s: set(t.column_names) for s, (t, _) in tables.items()}
-  if fields["train"] != fields["test"]:
+  names = {s: dict(cfg.get("splits") or {}).get(s, s) for s in SPLITS}
+  tables = {s: read_split(root, names[s]) for s in SPLITS}
+  fields = {s: t.column_names for s, (t, _) in tables.items()}
+  if set(fields["train"]) != set(fields["test"]):
     raise UserError(f"{root!r}: train has fields {sorted(fields['train'])}, "
                     f"test {sorted(fields['test'])}; the splits' schemas "
                     "must match.")
-  meta = tables["train"][1]
-  tok = None
-  if _is_text(tables["train"][0], input_field):
-    tok = tokenize.load(cfg.get("tokenizer") or {})
-  classes = _class_labels(meta)
-  tasks = fields_lib.tasks(cfg, classes, fields["train"], repr(root))
-  splits = {}
-  for s, (table, _) in tables.items():
-    where = f"{root!r} {s} split"
-    x = fields_lib.inputs(table.column(input_field).to_pylist(), input_field,
-                          where, tok)
-    labels = {t: np.asarray(table.column(f).to_numpy(zero_copy_only=False),
-                            np.int32) for t, f in tasks.items()}
-    ids = (np.asarray(table.column(id_field).to_numpy(), np.int64)
-           if id_field in fields[s] else np.arange(len(x), dtype=np.int64))
-    splits[s] = Split(x, labels, ids)
-  num_classes = {t: classes.get(f) or 1 + int(max(
-      splits[s].labels[t].max() for s in SPLITS)) for t, f in tasks.items()}
-  if tok is None:
-    return Dataset("hf", splits["train"], splits["test"], num_classes)
-  return Dataset("hf", splits["train"], splits["test"], num_classes,
-                 vocabulary=tok.fingerprint, vocab_size=tok.vocab_size)
-
-
-def _is_text(table, field: str) -> bool:
-  import pyarrow as pa
-  if field not in table.column_names:
-    return False
-  t = table.schema.field(field).type
-  return pa.types.is_string(t) or pa.types.is_large_string(t)
+  classes = _class_labels(tables["train"][1])
+  tasks = fields_lib.task_fields(cfg, classes, fields["train"], repr(root))
+  read = fields_lib.needed(cfg, tasks, fields["train"])
+  columns = {s: {f: table.column(f).to_pylist() for f in read}
+             for s, (table, _) in tables.items()}
+  return fields_lib.assemble(cfg, "hf", columns, classes, tasks,
+                             fields["train"], repr(root))

@@ -170,6 +170,9 @@ def _validate_labels(ds: Dataset, t: str, y: np.ndarray, n: int,
 
 def build(cfg) -> Dataset:
   """Builds, trims (max_train/max_test, for smoke runs) and validates."""
+  if cfg.get("standin"):  # Smoke runs: write the generated stand-in first.
+    from mtkd.data import standin
+    standin.prepare(cfg.standin)
   ds = DATASETS.get(cfg.name)(cfg)
   # [N, H, W] -> single-channel images [N, H, W, 1].
   ds = dataclasses.replace(ds, **{

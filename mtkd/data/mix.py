@@ -95,6 +95,11 @@ def mix(cfg) -> Dataset:
       raise UserError(f"Source {name!r} has example ids >= 2**{ID_BITS}.")
     built.append((i, ds))
   kinds = {t: k for t, k in kinds.items() if k != "classification"}
+  vocabularies = {d.vocabulary for _, d in built}
+  if len(vocabularies) > 1:
+    raise UserError("The sources of config.data.sources have different "
+                    "vocabularies (tokenizers); a mixed run embeds every "
+                    "source's token ids in one table: use one tokenizer.")
   train = _concat([(i, d.train) for i, d in built], tasks, kinds)
   test = _concat([(i, d.test) for i, d in built], tasks, kinds)
   w = weights([len(d.train) for _, d in built], sampling, temperature)
@@ -102,4 +107,6 @@ def mix(cfg) -> Dataset:
                                 for wi, (_, d) in zip(w, built, strict=True)])
   if sampling != "proportional":
     train = Split(train.x, train.labels, train.ids, row_weights)
-  return Dataset("mix", train, test, num_classes, kinds)
+  return Dataset("mix", train, test, num_classes, kinds,
+                 vocabulary=vocabularies.pop(),
+                 vocab_size=max(d.vocab_size for _, d in built))
