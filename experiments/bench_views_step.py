@@ -7,7 +7,7 @@ The MultiFashion student of experiments/repro_views.py (MLP 1296 -> 128 ->
 averaged over --steps batches, after a warm-up:
 
   fixed      the cache holds one logit row per example; the step shifts
-             the batch with the step's key (`augment(inputs, key)`)
+             each example from its (seed, id, epoch) seed (`aug_seed`)
   views_K    a K-view cache: the stream draws each example's view, joins
              its (id, view) logits and sends `view_seed`; the step
              re-renders each example from its own key (`views.render`)
@@ -87,7 +87,7 @@ def main(argv: Sequence[str]) -> None:
   key = jax.random.key(1)
   streams_of = {
       "fixed": streams.train_stream(split, split.labels, 128, 0,
-                                    join=join_of(1)),
+                                    join=join_of(1), augment_seeds=True),
       f"views_{k}": streams.train_stream(split, split.labels, 128, 0,
                                          join=join_of(k), num_views=k),
       f"views_{k}_mix": streams.train_stream(

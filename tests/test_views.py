@@ -121,6 +121,43 @@ def test_replay_stream_joins_the_drawn_view():
     np.testing.assert_array_equal(b["teacher"]["t"][:, 0], seen[-1])
 
 
+def test_augmented_draws_are_functions_of_seed_id_and_epoch():
+  """Without a view cache, an augmented stream's batches carry `aug_seed`
+  = epoch_seed(seed, id, epoch) (epochs counted by hand here), and the
+  step renders each example from it: a draw's augmentation does not depend
+  on the batch it lands in, the step, or jit vs pmap."""
+  split = Split(_images(10), {"t": np.zeros(10, np.int32)},
+                np.arange(100, 110))
+  ds = streams.train_stream(split, split.labels, 4, seed=5,
+                            augment_seeds=True)
+  assert "aug_seed" not in streams.train_stream(split, split.labels, 4,
+                                                seed=5)[0]
+  got = {}
+  for k in range(6):  # 24 draws over 10 examples: epochs 0, 1 and 2.
+    b = ds[k]
+    epochs = np.arange(4 * k, 4 * k + 4) // 10
+    np.testing.assert_array_equal(b["aug_seed"],
+                                  views.epoch_seed(5, b["ids"], epochs))
+    inputs = np.asarray(jax.jit(lambda b: step_lib.step_inputs(
+        b, AUG, jax.random.key(0)))(b))
+    pmapped = jax.pmap(lambda b: step_lib.step_inputs(
+        b, AUG, jax.random.key(1)))(jax.tree.map(
+            lambda a: a.reshape(4, 1, *a.shape[1:]), b))
+    np.testing.assert_array_equal(np.asarray(pmapped).reshape(inputs.shape),
+                                  inputs)
+    for i, e, x in zip(b["ids"], epochs, inputs, strict=True):
+      got.setdefault((int(i), int(e)), []).append(x)
+  # Each (id, epoch) drawn once; distinct epochs give distinct views.
+  assert all(len(v) == 1 for v in got.values())
+  assert not np.array_equal(got[(100, 0)][0], got[(100, 1)][0])
+  # The same (id, epoch) alone in a batch of one: the same view.
+  alone = {"inputs": split.x[:1],
+           "aug_seed": views.epoch_seed(5, np.array([100]), np.array([1]))}
+  np.testing.assert_array_equal(np.asarray(jax.jit(
+      lambda b: step_lib.step_inputs(b, AUG, jax.random.key(9)))(alone))[0],
+      got[(100, 1)][0])
+
+
 def _config(k=2, augment_cfg=None, mixup=False):
   from configs import cached_views
   c = cached_views.get_config(f"smoke,views={k},mixup={mixup}")

@@ -88,10 +88,6 @@ class EpochShuffle:
     return out
 
 
-def _this_process(rows: np.ndarray) -> np.ndarray:
-  return rows[distributed.process_rows(len(rows))]
-
-
 class _PadThenSlice:
   """Pads a short (last) batch to `size` rows, mask 0 on the padding, and
   keeps this process's share of rows and mask."""
@@ -107,18 +103,24 @@ class _PadThenSlice:
     return rows[share], mask[share]
 
 
-class ReplayViews:
-  """Batch index -> a batch whose examples each replay one of their K
-  cached views (`mtkd.data.views`): the view drawn for (`seed`, id,
-  epoch), the teacher join keyed by (id, view), and `view_seed` for the
-  step to re-render the view as the cache did (from `view_seed`)."""
+class TrainBatches:
+  """Batch index -> this process's share of a training batch.
 
-  def __init__(self, shuffle: EpochShuffle, gather: Gather, join: JoinFn,
-               num_views: int, seed: int, view_seed: int,
-               mixup: bool = False):
+  With `num_views` K > 0 each example replays one of its K cached views
+  (`mtkd.data.views`): the view drawn for (`seed`, id, epoch), the teacher
+  join keyed by (id, view), and `view_seed` for the step to re-render the
+  view as the cache did. Otherwise the join is keyed by id, and with
+  `augment_seeds` each example carries `aug_seed`, a pure function of
+  (`seed`, id, epoch) the step renders its augmentation from (so it does
+  not depend on the device layout or the step)."""
+
+  def __init__(self, shuffle: EpochShuffle, gather: Gather,
+               join: JoinFn | None, num_views: int = 0, seed: int = 0,
+               view_seed: int = 0, mixup: bool = False,
+               augment_seeds: bool = False):
     self.shuffle, self.gather, self.join = shuffle, gather, join
     self.num_views, self.seed, self.view_seed = num_views, seed, view_seed
-    self.mixup = mixup
+    self.mixup, self.augment_seeds = mixup, augment_seeds
 
   def __call__(self, k: int) -> Batch:
     b = self.shuffle.batch_size
@@ -127,35 +129,38 @@ class ReplayViews:
     rows, epochs = self.shuffle(k)[share], epochs[share]
     batch = self.gather(rows)
     ids = batch["ids"]
-    v = views.view_index(self.seed, ids, epochs, self.num_views)
-    batch.update(self.join(views.view_ids(ids, v, self.num_views)))
-    batch.update(views.view_keys(self.gather.split, ids, v, self.view_seed,
-                                 self.mixup))
+    if self.num_views:
+      v = views.view_index(self.seed, ids, epochs, self.num_views)
+      batch.update(self.join(views.view_ids(ids, v, self.num_views)))
+      batch.update(views.view_keys(self.gather.split, ids, v,
+                                   self.view_seed, self.mixup))
+      return batch
+    if self.join is not None:
+      batch.update(self.join(ids))
+    if self.augment_seeds:
+      batch["aug_seed"] = views.epoch_seed(self.seed, ids, epochs)
     return batch
 
 
 def train_stream(split: Split, labels: Mapping[str, np.ndarray],
                  batch_size: int, seed: int, rows: np.ndarray | None = None,
                  join: JoinFn | None = None, num_views: int = 0,
-                 view_seed: int = 0, mixup: bool = False
-                 ) -> grain.MapDataset:
+                 view_seed: int = 0, mixup: bool = False,
+                 augment_seeds: bool = False) -> grain.MapDataset:
   """An infinite, seeded, per-epoch reshuffled stream of full batches.
 
   `batch_size` is global; each process gets its share. `rows` restricts
   sampling to a subset of the split (e.g. labelled examples); `labels` are
   the labels the model may see (-1 = none). With `num_views` K > 0 the
-  join reads a view cache (`ReplayViews`).
+  join reads a view cache; with `augment_seeds` batches carry per-example
+  augmentation seeds (`TrainBatches`).
   """
   rows = np.arange(len(split)) if rows is None else np.asarray(rows, np.int64)
   shuffle = EpochShuffle(rows, batch_size, seed, None if split.weights is None
                          else np.asarray(split.weights, np.float64)[rows])
-  if num_views:
-    return grain.MapDataset.range(2**62).map(ReplayViews(
-        shuffle, Gather(split, labels), join, num_views, seed, view_seed,
-        mixup))
-  return (grain.MapDataset.range(2**62)
-          .map(shuffle).map(_this_process)
-          .map(Gather(split, labels, join)))
+  return grain.MapDataset.range(2**62).map(TrainBatches(
+      shuffle, Gather(split, labels), join, num_views, seed, view_seed,
+      mixup, augment_seeds))
 
 
 def eval_stream(split: Split, batch_size: int,

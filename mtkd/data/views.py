@@ -13,6 +13,9 @@ Every random choice is a pure function of `(seed, id, view)`: a view's
 augmentation key is `jax.random.key(view_seed(seed, id, v))`, one key per
 example, so a view never depends on batch composition, device count,
 placement (jit or pmap), process count or the step it is replayed at.
+Without a view cache, augmented training draws are rendered the same way
+from `epoch_seed(seed, id, epoch)`: the student's augmentation is a pure
+function of (seed, id, epoch) wherever it runs.
 
 Mixup views (`config.cache.mixup`, big_vision's "function matching" from a
 cache): view v of example id is lam * A + (1 - lam) * B, A the example's
@@ -29,8 +32,9 @@ from mtkd.data.augment import Augment
 from mtkd.data.datasets import to_float
 from mtkd.store.sparse import splitmix64
 
-_VIEW, _SEED, _PARTNER, _WEIGHT = (0x5EED_0F_71E7, 0xA06_3E27, 0x9A27_3E7,
-                                   0x3E16_47)  # Stream separators.
+_VIEW, _SEED, _PARTNER, _WEIGHT, _EPOCH = (
+    0x5EED_0F_71E7, 0xA06_3E27, 0x9A27_3E7, 0x3E16_47,
+    0xE90C_45EED)  # Stream separators.
 
 
 def _mix(*parts: np.ndarray) -> np.ndarray:
@@ -53,6 +57,14 @@ def view_seed(seed: int, ids: np.ndarray, views: np.ndarray) -> np.ndarray:
   """int32 [n]: the seed of each (id, view)'s augmentation key."""
   h = _mix(np.uint64(_SEED), seed, ids, views)
   return (h >> np.uint64(33)).astype(np.int32)  # 31 bits: non-negative.
+
+
+def epoch_seed(seed: int, ids: np.ndarray, epochs: np.ndarray
+               ) -> np.ndarray:
+  """int32 [n]: the augmentation seed of example `id`'s draw in `epoch`
+  when nothing is cached per view (the step renders it as a view)."""
+  h = _mix(np.uint64(_EPOCH), seed, ids, epochs)
+  return (h >> np.uint64(33)).astype(np.int32)
 
 
 def mix_partner(seed: int, ids: np.ndarray, views: np.ndarray, n: int
@@ -105,7 +117,7 @@ def view_keys(split, ids: np.ndarray, views: np.ndarray, seed: int,
   """Host: what renders views `views` of examples `ids` besides their
   inputs: `view_seed`, and for mixup the partners' inputs (`mix_inputs`)
   and weights (`mix_weight`). The caching stage, `--verify` and the
-  student's batches (`streams.ReplayViews`) all build them here."""
+  student's batches (`streams.TrainBatches`) all build them here."""
   out = {"view_seed": view_seed(seed, ids, views)}
   if mixup:
     out["mix_inputs"] = to_float(split.x[mix_partner(seed, ids, views,

@@ -187,6 +187,7 @@ class StudentStage(Stage):
     spe = steps_per_epoch(len(r.ds.train) if rows is None else len(rows),
                           batch)
     tx = make_optimizer(c.student.optimizer, frozen, self.plan["steps"], spe)
+    aug = augment.make(c.student.get("augment"))
     state = r.fit(
         self.name, self.writes(r)[0], net=self.net, tx=tx,
         objective=self.objective, tasks=self.specs,
@@ -194,10 +195,11 @@ class StudentStage(Stage):
                                     c.seed, rows=rows, join=join,
                                     num_views=num_views,
                                     view_seed=c.cache.view_seed,
-                                    mixup=bool(c.cache.get("mixup"))),
+                                    mixup=bool(c.cache.get("mixup")),
+                                    augment_seeds=aug is not None),
         num_steps=self.plan["steps"], batch_size=batch,
-        config=self.settings(r), weighting=wfn,
-        augment=augment.make(c.student.get("augment")), teacher=teacher_fn,
+        config=self.settings(r), weighting=wfn, augment=aug,
+        teacher=teacher_fn,
         extra=extra, init_variables=self._init(),
         accumulate=c.student.accumulate, ema=ema,
         **r.evaluation(self.net.model, self.specs, spe))

@@ -88,15 +88,17 @@ class TeacherStage(Stage):
     specs = tuple(dataclasses.replace(by_name[t], weight=1.0,
                                       label_smoothing=c.label_smoothing)
                   for t in m.tasks)
+    aug = augment.make(c.get("augment"))
     state = r.fit(
         self.name, self.writes(r)[0], net=models.Net(model),
         tx=make_optimizer(c.optimizer, total_steps=c.steps,
                           steps_per_epoch=spe),
         objective=OBJECTIVES.get("supervised")(), tasks=specs,
         stream=streams.train_stream(r.ds.train, r.ds.train.labels,
-                                    c.batch_size, m.seed),
+                                    c.batch_size, m.seed,
+                                    augment_seeds=aug is not None),
         num_steps=c.steps, batch_size=c.batch_size,
-        config=self.settings(r), augment=augment.make(c.get("augment")),
+        config=self.settings(r), augment=aug,
         init_variables=self.init, seed=m.seed, accumulate=c.accumulate,
         **r.evaluation(model, specs, spe))
     return {"last": models.export(state.variables),

@@ -177,13 +177,17 @@ def step_inputs(batch, augment: Callable | None, key: jax.Array
   """The inputs the step trains on. With `view_seed` in the batch (a view
   cache, `mtkd.data.views`) each example is re-rendered from its own key,
   as the caching stage rendered it, bit for bit and whatever the batch or
-  device layout; otherwise `augment(inputs, key)` with the step's key."""
+  device layout; with `aug_seed` (the training streams' per-example
+  (seed, id, epoch) seeds) likewise; otherwise (a batch from elsewhere)
+  `augment(inputs, key)` with the step's key."""
   inputs = batch["inputs"]
   if augment is None:
     return inputs
   if "view_seed" in batch:
     return views.render(augment, inputs, batch["view_seed"],
                         batch.get("mix_inputs"), batch.get("mix_weight"))
+  if "aug_seed" in batch:
+    return views.augment_views(augment, inputs, batch["aug_seed"])
   return augment(inputs, key)
 
 
@@ -234,16 +238,17 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
   """Builds the pure step `(state, batch, rng) -> (state, metrics)`.
 
   Order inside a step: fold the step (and device) into the key; augment the
-  inputs (`augment(inputs, key)`); in online-teacher mode run the frozen
+  inputs (`step_inputs`: from the batch's per-example seeds, so the same
+  views under jit and pmap); in online-teacher mode run the frozen
   teachers on those same inputs (`teacher(state.extra["teachers"], inputs)
   -> (logits, features)`), so teacher and student see one view; compute the
   objective's per-term means; let the weighting turn them into gradients.
 
   With `axis_name` (pmap), the batch is one device's share: counts,
   gradients and metrics are summed over the axis, which makes the update
-  equal to the one `jit` computes on the whole batch. Dropout and
-  augmentation keys are then folded with the device index, so their draws
-  differ from jit's. `accumulate`: see `_objective_terms`; `ema`: `_apply`.
+  equal to the one `jit` computes on the whole batch. Dropout keys are
+  then folded with the device index, so their draws differ from jit's;
+  augmentation is per example (`aug_seed`, `view_seed`) and does not. `accumulate`: see `_objective_terms`; `ema`: `_apply`.
 
   `split` returns the step as a `SplitStep` (config.split_step): XLA:CPU
   recomputes BatchNorm/ReLU chains inside a one-program CNN step's weight
