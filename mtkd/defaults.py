@@ -51,6 +51,15 @@ def augmentation() -> dict:
               noise=0.0)    # Gaussian noise stddev.
 
 
+def host_augmentation() -> dict:
+  """Host-side augmentation in Grain's worker threads
+  (`mtkd.data.host_augment`); all off."""
+  return dict(flip=False,
+              pad_crop=0,  # Zero-pad, then crop back at a random offset.
+              resized_crop=dict(scale=(0.0, 0.0), ratio=(3 / 4, 4 / 3)),
+              randaugment=dict(num_ops=0, magnitude=9))
+
+
 def recipe() -> dict:
   """Training-recipe keys every part (teacher, student, source) has."""
   return dict(label_smoothing=0.0,  # Of the label loss.
@@ -139,6 +148,7 @@ def base_config() -> ml_collections.ConfigDict:
       # steps > 0: fine-tune (mtkd.models.pretrained).
       checkpoint="",
       augment=augmentation(),
+      host_augment=host_augmentation(),
       **recipe(),
   ))
 
@@ -148,6 +158,7 @@ def base_config() -> ml_collections.ConfigDict:
       steps=1500,         # Default step count of each student stage.
       batch_size=128,
       augment=augmentation(),  # In-step augmentation.
+      host_augment=host_augmentation(),  # Before the step, on the host.
       # Stages in order: {name: {objective, steps (-1: student.steps), data
       # ('all': with the transfer set; 'labelled'), init ('', 'source' or an
       # earlier stage), init_parts ('trunk'/'model'), freeze (''/'trunk'),

@@ -25,6 +25,7 @@ import numpy as np
 from mtkd import distributed
 from mtkd.data import views
 from mtkd.data.datasets import Split, to_float
+from mtkd.data.host_augment import HostAugment
 
 Batch = dict[str, object]
 # Maps example ids [B] to extra batch entries (e.g. `teacher`: {task: [B, K,
@@ -33,18 +34,23 @@ JoinFn = Callable[[np.ndarray], Mapping[str, object]]
 
 
 class Gather:
-  """Row indices (and a padding mask) -> batch dict."""
+  """Row indices (and a padding mask) -> batch dict; with `host` (a
+  `mtkd.data.host_augment` function) and per-row `seeds`, the rows' raw
+  inputs are augmented first."""
 
   def __init__(self, split: Split, labels: Mapping[str, np.ndarray],
-               join: JoinFn | None = None):
-    self.split, self.labels, self.join = split, labels, join
+               join: JoinFn | None = None, host: HostAugment | None = None):
+    self.split, self.labels, self.join, self.host = split, labels, join, host
 
-  def __call__(self, rows: np.ndarray, mask: np.ndarray | None = None
-               ) -> Batch:
+  def __call__(self, rows: np.ndarray, mask: np.ndarray | None = None,
+               seeds: np.ndarray | None = None) -> Batch:
     rows = np.asarray(rows, np.int64)
     ids = self.split.ids[rows]
+    x = self.split.x[rows]
+    if self.host is not None and seeds is not None:
+      x = self.host(x, seeds)
     batch = {
-        "inputs": to_float(self.split.x[rows]),
+        "inputs": to_float(x),
         "labels": {t: y[rows] for t, y in self.labels.items()},
         "mask": (np.ones(len(rows), np.float32) if mask is None else mask),
         "ids": ids,
@@ -112,7 +118,8 @@ class TrainBatches:
   view as the cache did. Otherwise the join is keyed by id, and with
   `augment_seeds` each example carries `aug_seed`, a pure function of
   (`seed`, id, epoch) the step renders its augmentation from (so it does
-  not depend on the device layout or the step)."""
+  not depend on the device layout or the step). The gather's host-side
+  augmentation (in Grain's threads) uses the same per-example seeds."""
 
   def __init__(self, shuffle: EpochShuffle, gather: Gather,
                join: JoinFn | None, num_views: int = 0, seed: int = 0,
@@ -127,18 +134,21 @@ class TrainBatches:
     epochs = np.arange(k * b, (k + 1) * b) // len(self.shuffle.rows)
     share = distributed.process_rows(b)
     rows, epochs = self.shuffle(k)[share], epochs[share]
-    batch = self.gather(rows)
-    ids = batch["ids"]
+    ids = self.gather.split.ids[rows]
     if self.num_views:
       v = views.view_index(self.seed, ids, epochs, self.num_views)
+      keys = views.view_keys(self.gather.split, ids, v, self.view_seed,
+                             self.mixup, self.gather.host)
+      batch = self.gather(rows, seeds=keys["view_seed"])
       batch.update(self.join(views.view_ids(ids, v, self.num_views)))
-      batch.update(views.view_keys(self.gather.split, ids, v,
-                                   self.view_seed, self.mixup))
+      batch.update(keys)
       return batch
+    seeds = views.epoch_seed(self.seed, ids, epochs)
+    batch = self.gather(rows, seeds=seeds)
     if self.join is not None:
       batch.update(self.join(ids))
     if self.augment_seeds:
-      batch["aug_seed"] = views.epoch_seed(self.seed, ids, epochs)
+      batch["aug_seed"] = seeds
     return batch
 
 
@@ -146,21 +156,23 @@ def train_stream(split: Split, labels: Mapping[str, np.ndarray],
                  batch_size: int, seed: int, rows: np.ndarray | None = None,
                  join: JoinFn | None = None, num_views: int = 0,
                  view_seed: int = 0, mixup: bool = False,
-                 augment_seeds: bool = False) -> grain.MapDataset:
+                 augment_seeds: bool = False,
+                 host: HostAugment | None = None) -> grain.MapDataset:
   """An infinite, seeded, per-epoch reshuffled stream of full batches.
 
   `batch_size` is global; each process gets its share. `rows` restricts
   sampling to a subset of the split (e.g. labelled examples); `labels` are
   the labels the model may see (-1 = none). With `num_views` K > 0 the
   join reads a view cache; with `augment_seeds` batches carry per-example
-  augmentation seeds (`TrainBatches`).
+  augmentation seeds for the step, and `host` augments the raw inputs in
+  the stream (`TrainBatches`).
   """
   rows = np.arange(len(split)) if rows is None else np.asarray(rows, np.int64)
   shuffle = EpochShuffle(rows, batch_size, seed, None if split.weights is None
                          else np.asarray(split.weights, np.float64)[rows])
   return grain.MapDataset.range(2**62).map(TrainBatches(
-      shuffle, Gather(split, labels), join, num_views, seed, view_seed,
-      mixup, augment_seeds))
+      shuffle, Gather(split, labels, host=host), join, num_views, seed,
+      view_seed, mixup, augment_seeds))
 
 
 def eval_stream(split: Split, batch_size: int,

@@ -30,6 +30,7 @@ import numpy as np
 
 from mtkd.data.augment import Augment
 from mtkd.data.datasets import to_float
+from mtkd.data.host_augment import HostAugment
 from mtkd.store.sparse import splitmix64
 
 _VIEW, _SEED, _PARTNER, _WEIGHT, _EPOCH = (
@@ -98,44 +99,56 @@ def augment_views(augment: Augment, x: jax.Array, seeds: jax.Array,
   return jax.vmap(one)(x, seeds)
 
 
-def render(augment: Augment, x: jax.Array, seeds: jax.Array,
+def render(augment: Augment | None, x: jax.Array, seeds: jax.Array,
            mix_inputs: jax.Array | None = None,
            mix_weight: jax.Array | None = None) -> jax.Array:
   """A batch of views: each example's augmented view, or with `mix_inputs`
   (the partners' inputs) lam * view + (1 - lam) * partner's view (its key
-  salted, so an example mixed with itself still mixes two views)."""
-  a = augment_views(augment, x, seeds)
+  salted, so an example mixed with itself still mixes two views). With
+  `augment` None the inputs are the views (host-side augmentation only)."""
+  a = x if augment is None else augment_views(augment, x, seeds)
   if mix_inputs is None:
     return a
-  b = augment_views(augment, mix_inputs, seeds, salt=1)
+  b = (mix_inputs if augment is None else
+       augment_views(augment, mix_inputs, seeds, salt=1))
   lam = mix_weight.reshape((-1,) + (1,) * (a.ndim - 1)).astype(a.dtype)
   return lam * a + (1 - lam) * b
 
 
 def view_keys(split, ids: np.ndarray, views: np.ndarray, seed: int,
-              mixup: bool) -> dict[str, np.ndarray]:
+              mixup: bool, host: HostAugment | None = None
+              ) -> dict[str, np.ndarray]:
   """Host: what renders views `views` of examples `ids` besides their
-  inputs: `view_seed`, and for mixup the partners' inputs (`mix_inputs`)
-  and weights (`mix_weight`). The caching stage, `--verify` and the
-  student's batches (`streams.TrainBatches`) all build them here."""
+  inputs: `view_seed`, and for mixup the partners' inputs (`mix_inputs`,
+  host-augmented from the view's seed + 1 when `host` is given) and
+  weights (`mix_weight`). The caching stage, `--verify` and the student's
+  batches (`streams.TrainBatches`) all build them here."""
   out = {"view_seed": view_seed(seed, ids, views)}
   if mixup:
-    out["mix_inputs"] = to_float(split.x[mix_partner(seed, ids, views,
-                                                      len(split))])
+    partners = split.x[mix_partner(seed, ids, views, len(split))]
+    if host is not None:
+      partners = host(partners, out["view_seed"].astype(np.int64) + 1)
+    out["mix_inputs"] = to_float(partners)
     out["mix_weight"] = mix_weight(seed, ids, views)
   return out
 
 
 def render_rows(render_fn: Callable[..., np.ndarray], split, rows: np.ndarray,
-                views: np.ndarray, seed: int, mixup: bool) -> np.ndarray:
-  """Host: views `views` of `split`'s rows `rows` (float32), through a
-  `renderer`: what the caching stage and `--verify` feed the teacher."""
-  keys = view_keys(split, split.ids[rows], views, seed, mixup)
-  return render_fn(to_float(split.x[rows]), keys["view_seed"],
+                views: np.ndarray, seed: int, mixup: bool,
+                host: HostAugment | None = None) -> np.ndarray:
+  """Host: views `views` of `split`'s rows `rows` (float32), through
+  `host` (the host-side augmentation, from each view's seed) and then a
+  `renderer` (the in-step one): what the caching stage and `--verify` feed
+  the teacher, and what the student's stream and step produce."""
+  keys = view_keys(split, split.ids[rows], views, seed, mixup, host)
+  x = split.x[rows]
+  if host is not None:
+    x = host(x, keys["view_seed"])
+  return render_fn(to_float(x), keys["view_seed"],
                    keys.get("mix_inputs"), keys.get("mix_weight"))
 
 
-def renderer(augment: Augment) -> Callable[..., np.ndarray]:
+def renderer(augment: Augment | None) -> Callable[..., np.ndarray]:
   """Host `(inputs float32, seeds[, mix_inputs, mix_weight]) -> views`,
   the caching stage's view of what the step computes (`render`)."""
   f = jax.jit(lambda *args: render(augment, *args))

@@ -9,11 +9,13 @@ the folder name carries the layer and storage mode (`mtkd.store.layout`),
 so a changed storage setting builds a new cache beside the old one.
 """
 
+import dataclasses
+
 import jax
 import numpy as np
 
 from mtkd import configs_util, distributed, models
-from mtkd.data import augment
+from mtkd.data import augment, host_augment
 from mtkd.data import views as views_lib
 from mtkd.data.datasets import Dataset, Split
 from mtkd.methods import tasks
@@ -59,13 +61,16 @@ def views(config, split: str = "train") -> int:
 
 def view_settings(config, split: str = "train") -> dict:
   """What a view cache must match: K, the views' seed and the
-  augmentation that renders them (`config.student.augment`)."""
+  augmentation that renders them (`config.student.augment`, and
+  `host_augment` when on)."""
   k = views(config, split)
   if not k:
     return {}
+  in_step = configs_util.to_dict(config.student.augment) or {}
+  host = host_augment.spec(config.student.get("host_augment"))
   out = {"views": k, "view_seed": int(config.cache.view_seed),
-         "augment": tree_fingerprint(
-             configs_util.to_dict(config.student.augment) or {})}
+         "augment": tree_fingerprint(in_step if host is None else {
+             "in_step": in_step, "host": dataclasses.asdict(host)})}
   if config.cache.get("mixup", False):
     out["mixup"] = True
   return out
@@ -132,8 +137,10 @@ class CacheStage(Stage):
         k = views(r.config, split_name)
         render = views_lib.renderer(augment.make(
             r.config.student.augment)) if k else None
+        host = host_augment.make(r.config.student.get("host_augment"))
 
-        def predict(start, stop, split=split, k=k, render=render):
+        def predict(start, stop, split=split, k=k, render=render,
+                    host=host):
           if not k:
             part = split.take(slice(start, stop))
           else:  # Virtual row i: view i % K of example i // K.
@@ -141,7 +148,7 @@ class CacheStage(Stage):
             part = split.take(ex)
             part = Split(views_lib.render_rows(
                 render, split, ex, v, r.config.cache.view_seed,
-                bool(r.config.cache.get("mixup"))), part.labels,
+                bool(r.config.cache.get("mixup")), host), part.labels,
                          views_lib.view_ids(part.ids, v, k))
           return part.ids, r.predict(self.model, self.params, part,
                                      self.layers)

@@ -12,7 +12,7 @@ import importlib.util
 import numpy as np
 
 from mtkd import configs_util
-from mtkd.data import augment
+from mtkd.data import augment, host_augment
 from mtkd.data.datasets import Dataset
 from mtkd.errors import UserError
 from mtkd.methods import objectives, tasks, weighting
@@ -91,11 +91,13 @@ def _check_views(config) -> None:
     raise UserError("config.cache.mixup=True mixes cached views, but "
                     "config.cache.views is 0. Fix: set config.cache.views "
                     "to K >= 1.")
-  if k and augment.make(config.student.get("augment")) is None:
+  if k and augment.make(config.student.get("augment")) is None and (
+      host_augment.spec(config.student.get("host_augment")) is None):
     raise UserError(
-        f"config.cache.views={k} caches augmented views, but "
-        "config.student.augment turns no augmentation on. Fix: set "
-        "config.student.augment (e.g. max_shift=2) or config.cache.views=0.")
+        f"config.cache.views={k} caches augmented views, but neither "
+        "config.student.augment nor config.student.host_augment turns any "
+        "augmentation on. Fix: set one (e.g. augment.max_shift=2) or "
+        "config.cache.views=0.")
 
 
 def task_specs(config, ds: Dataset) -> tuple[TaskSpec, ...]:
@@ -154,6 +156,7 @@ def check_config(config, ds: Dataset, mesh) -> tuple[TaskSpec, ...]:
                       "(0 only for a teacher loaded with "
                       "config.teacher.checkpoint).")
     _check_recipe(c, f"config.{part}", mesh)
+    host_augment.spec(c.get("host_augment"))  # Raises if malformed.
   if config.teacher.get("checkpoint") and config.teacher.get("init"):
     raise UserError("config.teacher.checkpoint and config.teacher.init="
                     f"{config.teacher.init!r} both start the teachers: "
@@ -308,6 +311,8 @@ def part_settings(cfg, drop: tuple[str, ...] = ()) -> dict:
   out = keep(configs_util.to_dict(cfg))
   if isinstance(out.get("augment"), dict) and not out["augment"].get("flip"):
     out["augment"] = {k: v for k, v in out["augment"].items() if k != "flip"}
+  if "host_augment" in out and host_augment.spec(cfg.host_augment) is None:
+    out.pop("host_augment")  # Off: as before the key existed.
   if isinstance(out.get("optimizer"), dict):
     opt = keep(out["optimizer"])
     if opt.get("schedule", {}).get("name", "constant") == "constant":

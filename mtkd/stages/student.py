@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 
 from mtkd import configs_util, models
-from mtkd.data import augment, datasets, streams
+from mtkd.data import augment, datasets, host_augment, streams
 from mtkd.methods import objectives, weighting
 from mtkd.models.masks import last_trunk_layer_mask, transplant, trunk_mask
 from mtkd.stages import caching
@@ -196,7 +196,9 @@ class StudentStage(Stage):
                                     num_views=num_views,
                                     view_seed=c.cache.view_seed,
                                     mixup=bool(c.cache.get("mixup")),
-                                    augment_seeds=aug is not None),
+                                    augment_seeds=aug is not None,
+                                    host=host_augment.make(
+                                        c.student.get("host_augment"))),
         num_steps=self.plan["steps"], batch_size=batch,
         config=self.settings(r), weighting=wfn, augment=aug,
         teacher=teacher_fn,

@@ -4,7 +4,7 @@ every labelled training example of its tasks."""
 import dataclasses
 
 from mtkd import models
-from mtkd.data import augment, streams
+from mtkd.data import augment, host_augment, streams
 from mtkd.errors import UserError
 from mtkd.methods.objectives import OBJECTIVES
 from mtkd.models import pretrained
@@ -96,7 +96,9 @@ class TeacherStage(Stage):
         objective=OBJECTIVES.get("supervised")(), tasks=specs,
         stream=streams.train_stream(r.ds.train, r.ds.train.labels,
                                     c.batch_size, m.seed,
-                                    augment_seeds=aug is not None),
+                                    augment_seeds=aug is not None,
+                                    host=host_augment.make(
+                                        c.get("host_augment"))),
         num_steps=c.steps, batch_size=c.batch_size,
         config=self.settings(r), augment=aug,
         init_variables=self.init, seed=m.seed, accumulate=c.accumulate,

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from mtkd import models
-from mtkd.data import augment, datasets
+from mtkd.data import augment, datasets, host_augment
 from mtkd.data import views as views_lib
 from mtkd.errors import UserError
 from mtkd.methods import tasks
@@ -177,8 +177,9 @@ def _check_teacher_outputs(config, layout: Layout, ds: datasets.Dataset,
     if key.views:
       v = np.random.default_rng(0).integers(0, key.views, len(part))
       render = views_lib.renderer(augment.make(config.student.augment))
-      x = views_lib.render_rows(render, ds.train, np.arange(len(part)), v,
-                                meta.get("view_seed", 0), key.mixup)
+      x = views_lib.render_rows(
+          render, ds.train, np.arange(len(part)), v, meta.get("view_seed", 0),
+          key.mixup, host_augment.make(config.student.get("host_augment")))
       rendered = datasets.Split(x, part.labels, views_lib.view_ids(
           part.ids, v, key.views))
     online = predict(model, teacher_params[key.member], rendered,

@@ -181,11 +181,11 @@ def step_inputs(batch, augment: Callable | None, key: jax.Array
   (seed, id, epoch) seeds) likewise; otherwise (a batch from elsewhere)
   `augment(inputs, key)` with the step's key."""
   inputs = batch["inputs"]
-  if augment is None:
-    return inputs
-  if "view_seed" in batch:
+  if "view_seed" in batch:  # Mixup views mix here even without `augment`.
     return views.render(augment, inputs, batch["view_seed"],
                         batch.get("mix_inputs"), batch.get("mix_weight"))
+  if augment is None:
+    return inputs
   if "aug_seed" in batch:
     return views.augment_views(augment, inputs, batch["aug_seed"])
   return augment(inputs, key)
