@@ -117,3 +117,47 @@ def test_hf_pipeline_end_to_end(tmp_path, run_mtkd):
   assert set(results) == {"fine_label", "coarse_label"}
   for task in results:
     assert {"teacher", "baseline", "student"} <= set(results[task])
+
+
+def test_corrupt_images_fail_or_are_skipped_and_counted(tmp_path, capsys):
+  root = str(tmp_path / "pq")
+  os.makedirs(root)
+  for split, n, seed in (("train", 48, 0), ("test", 16, 1)):
+    table = _table(n, seed, with_id=True).to_pydict()
+    table["img"][3] = {"bytes": b"not an image", "path": None}
+    pq.write_table(pa.table(table), os.path.join(root, f"{split}.parquet"))
+  tasks = {"fine_label": "fine_label"}
+  with pytest.raises(UserError, match="row 3 of 'img'.*on_corrupt='skip'"):
+    datasets.build(_cfg(root, tasks=tasks))
+  ds = datasets.build(_cfg(root, tasks=tasks, on_corrupt="skip"))
+  assert "skipped 1 undecodable image(s) of 48" in capsys.readouterr().out
+  want = _table(48, 0, with_id=True)
+  keep = np.arange(48) != 3  # The other rows keep their ids and labels.
+  np.testing.assert_array_equal(ds.train.ids,
+                                want.column("id").to_numpy()[keep])
+  np.testing.assert_array_equal(ds.train.labels["fine_label"],
+                                want.column("fine_label").to_numpy()[keep])
+
+
+def test_multilabel_task_from_boolean_columns(tmp_path):
+  root = str(tmp_path / "pq")
+  os.makedirs(root)
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 20), ("test", 8)):
+    cols = {"x": [list(v) for v in rng.normal(size=(n, 3))]}
+    flags = rng.random((n, 4)) < 0.5
+    cols.update({f"attr_{j}": flags[:, j] for j in range(4)})
+    cols["other"] = flags[:, 0].astype(np.int64)
+    pq.write_table(pa.table(cols), os.path.join(root, f"{split}.parquet"))
+  ds = datasets.build(_cfg(root, input_field="x", tasks={
+      "attrs": {"fields": "attr_*", "kind": "multilabel"}, "first": "other"}))
+  assert ds.num_classes == {"attrs": 4, "first": 2}
+  assert ds.kind("attrs") == "multilabel" and ds.input_shape == (3,)
+  np.testing.assert_array_equal(ds.train.labels["attrs"][:, 0],
+                                ds.train.labels["first"])
+  with pytest.raises(UserError, match="classification task has one"):
+    datasets.build(_cfg(root, input_field="x", tasks={"a": {
+        "fields": ["attr_0", "attr_1"]}}))
+  with pytest.raises(UserError, match="no field 'nope_\\*'"):
+    datasets.build(_cfg(root, input_field="x", tasks={"a": {
+        "fields": "nope_*", "kind": "multilabel"}}))

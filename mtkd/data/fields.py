@@ -37,15 +37,30 @@ def is_text(value) -> bool:
   return isinstance(value, str | bytes)
 
 
-def _decode(item, i: int, field: str, where: str) -> np.ndarray:
+def _decode(item) -> np.ndarray:
   from PIL import Image
-  try:
-    with Image.open(io.BytesIO(item["bytes"])) as im:
-      x = np.asarray(im)
-  except (OSError, ValueError, TypeError) as e:
-    raise UserError(f"{where}: row {i} of {field!r} is not a decodable "
-                    f"image ({type(e).__name__}: {e}).") from None
-  return x
+  with Image.open(io.BytesIO(item["bytes"])) as im:
+    return np.asarray(im)
+
+
+def decode_images(column: list, field: str, where: str, on_corrupt: str
+                  ) -> list | None:
+  """Encoded images (`{bytes, path}`) decoded, None where a row does not
+  decode and `on_corrupt='skip'` (else it fails); None for other columns."""
+  if not column or not (isinstance(column[0], dict) and "bytes" in column[0]):
+    return None
+  out = []
+  for i, item in enumerate(column):
+    try:
+      out.append(_decode(item))
+    except (OSError, ValueError, TypeError, KeyError) as e:
+      if on_corrupt != "skip":
+        raise UserError(f"{where}: row {i} of {field!r} is not a decodable "
+                        f"image ({type(e).__name__}: {e}). Fix: repair or "
+                        "drop it, or set config.data.on_corrupt='skip'."
+                        ) from None
+      out.append(None)
+  return out
 
 
 def _resize(x: np.ndarray, size: int) -> np.ndarray:
@@ -69,7 +84,7 @@ def inputs(column: list, field: str, where: str, tokenizer=None,
     return tokenizer.encode([t.decode("utf-8") if isinstance(t, bytes)
                              else t for t in column])[0]
   if isinstance(first, dict) and "bytes" in first:
-    column = [_decode(item, i, field, where) for i, item in enumerate(column)]
+    column = [_decode(item) for item in column]  # (`assemble` decoded.)
     first = column[0]
   if isinstance(first, np.ndarray) and first.ndim >= 2:  # Images.
     out = [x if x.ndim == 3 else x[..., None] for x in column]
@@ -175,6 +190,19 @@ def assemble(cfg, name: str, columns: Mapping[str, Mapping[str, list]],
   splits = {}
   for s, cols in columns.items():
     at = f"{where} {s} split"
+    decoded = decode_images(cols[input_field], input_field, at,
+                            cfg.get("on_corrupt", "fail"))
+    if decoded is not None:
+      keep = [x is not None for x in decoded]
+      cols = dict(cols, **{input_field: decoded})
+      if not all(keep):
+        print(f"mtkd: warning: {at}: skipped {keep.count(False)} "
+              f"undecodable image(s) of {len(keep)} (config.data."
+              "on_corrupt='skip').", flush=True)
+        if not any(keep):
+          raise UserError(f"{at}: no decodable images in {input_field!r}.")
+        cols = {f: [v for v, k in zip(vals, keep, strict=True) if k]
+                for f, vals in cols.items()}
     x = inputs(cols[input_field], input_field, at, tok,
                int(cfg.get("image_size", 0) or 0))
     labels = {t: _labels(cols, f, at, t) for t, f in tasks.items()}
