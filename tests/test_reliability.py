@@ -96,6 +96,46 @@ def test_kill9_at_random_moments_resumes_bit_identically(tmp_path, cli):
   assert cli(*args, f"--workdir={w}", "--verify").returncode == 0
 
 
+def test_kill9_with_replayed_views_resumes_bit_identically(tmp_path, cli):
+  """configs/cached_views.py (K = 3 views rendered by the in-step
+  augmentation): SIGKILL while the view cache is written and mid-student,
+  then finish: results, the student's final parameters and the cache equal
+  an uninterrupted run's, and --verify re-derives the views."""
+  args = ["--config=configs/cached_views.py:smoke,views=3",
+          "--config.checkpoint_every=5", "--config.cache.shard_size=512",
+          "--config.teacher.steps=20", "--config.student.steps=60"]
+  ref, w = tmp_path / "ref", tmp_path / "killed"
+  assert cli(*args, f"--workdir={ref}").returncode == 0
+  cache = w / "cache" / "digit-views3" / "train"
+  killed = []
+  for name, reached in (
+      ("view cache write", lambda: cache.is_dir() and any(
+          p.name.startswith("shard-") and not p.name.count(".tmp")
+          for p in cache.iterdir())),
+      ("student", lambda: _latest_saved_step(w / "student" / "checkpoints")
+       >= 25)):
+    p = subprocess.Popen([sys.executable, "-m", "mtkd.main", *args,
+                          f"--workdir={w}"], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    deadline = time.time() + 120
+    while p.poll() is None and not reached() and time.time() < deadline:
+      time.sleep(0.005)
+    if p.poll() is None:
+      p.send_signal(signal.SIGKILL)
+      killed.append(name)
+    p.wait()
+  assert killed == ["view cache write", "student"]
+  r = cli(*args, f"--workdir={w}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert (w / "results.json").read_bytes() == (ref / "results.json").read_bytes()
+  assert _final_fingerprint(w, "student") == _final_fingerprint(ref, "student")
+  for f in sorted(p.relative_to(ref) for p in (ref / "cache" / "digit-views3"
+                                                / "train").rglob("*.npy")):
+    assert (w / f).read_bytes() == (ref / f).read_bytes(), f
+  assert cli(*args, f"--workdir={w}", "--verify").returncode == 0
+
+
 @pytest.fixture
 def handlers():
   old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
