@@ -107,3 +107,46 @@ def test_tfds_pipeline_end_to_end(data_dir, tmp_path, run_mtkd):
   assert set(results) == {"label", "coarse_label"}
   for task in results:
     assert {"teacher", "baseline", "student"} <= set(results[task])
+
+
+def test_lazy_reading_matches_memory_and_reads_only_this_process_rows(
+    data_dir, monkeypatch):
+  """`config.data.lazy=True`: the same split (ids, labels, decoded images),
+  with images read per batch; a process reads only its share of a batch."""
+  from mtkd import distributed
+  from mtkd.data import lazy, streams
+  eager = datasets.build(_cfg(data_dir, val_size=16))
+  lz = datasets.build(_cfg(data_dir, val_size=16, lazy=True))
+  assert isinstance(lz.train.x, lazy.LazyRows) and lz.input_shape == (8, 8, 3)
+  for a, b in ((eager.train, lz.train), (eager.val, lz.val),
+               (eager.test, lz.test)):
+    np.testing.assert_array_equal(b.ids, a.ids)
+    np.testing.assert_array_equal(b.labels["label"], a.labels["label"])
+    np.testing.assert_array_equal(b.x[np.arange(len(b))], a.x)
+  read = []
+  x = lz.train.x
+  counting = lazy.LazyRows(lambda rows: read.append(rows) or x.read(rows),
+                           x.row_shape, x.dtype, x.source, x.index)
+  split = datasets.Split(counting, lz.train.labels, lz.train.ids)
+  # Process 1 of 2: the second half of every global batch.
+  monkeypatch.setattr(distributed, "process_rows",
+                      lambda n: slice(n // 2, n))
+  batch = streams.train_stream(split, split.labels, 8, seed=0)[3]
+  assert len(read) == 1 and len(read[0]) == 4
+  np.testing.assert_array_equal(batch["ids"], lz.train.ids[
+      np.searchsorted(x.index, read[0])])
+
+
+def test_lazy_pipeline_gives_the_in_memory_results(data_dir, tmp_path,
+                                                    run_mtkd):
+  from configs import quickstart
+  results = []
+  for lazy_read in (False, True):
+    c = quickstart.get_config("smoke")
+    c.data.name, c.data.tfds_name, c.data.dir = ("tfds", "mtkd_tiny_cifar",
+                                                 data_dir)
+    c.data.lazy, c.data.num_labeled = lazy_read, 48
+    c.teacher.steps = c.student.steps = 10
+    c.teacher.model = c.student.model = dict(name="mlp", hidden=(16,))
+    results.append(run_mtkd(c, tmp_path / f"w{lazy_read}"))
+  assert results[0] == results[1]

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from mtkd.data import lazy
 from mtkd.errors import UserError
 from mtkd.registry import Registry
 from mtkd.store.fingerprint import tree_fingerprint
@@ -34,13 +35,16 @@ class Split:
     return int(self.x.shape[0])
 
   def take(self, index: np.ndarray | slice) -> "Split":
-    return Split(self.x[index], {t: y[index] for t, y in self.labels.items()},
+    return Split(lazy.rows(self.x, index),
+                 {t: y[index] for t, y in self.labels.items()},
                  self.ids[index],
                  None if self.weights is None else self.weights[index])
 
   def fingerprint(self) -> str:
-    """Content hash of inputs, labels and ids (order-sensitive)."""
-    return tree_fingerprint({"x": self.x, "ids": self.ids,
+    """Content hash of inputs, labels and ids (order-sensitive); inputs
+    read on demand (`lazy.LazyRows`) count by their source's identity."""
+    x = self.x.fingerprint() if isinstance(self.x, lazy.LazyRows) else self.x
+    return tree_fingerprint({"x": x, "ids": self.ids,
                              "labels": dict(self.labels)})
 
 
@@ -116,8 +120,8 @@ def validate(ds: Dataset, source: str) -> None:
       raise UserError(
           f"The {where} has inputs of shape {split.x.shape}; expected images "
           "[N, H, W, C] (or [N, H, W]) or vectors [N, D].")
-    if np.issubdtype(split.x.dtype, np.floating) and not np.isfinite(
-        split.x).all():
+    if isinstance(split.x, np.ndarray) and np.issubdtype(
+        split.x.dtype, np.floating) and not np.isfinite(split.x).all():
       bad = np.flatnonzero(~np.isfinite(split.x.reshape(len(split), -1)).all(1))
       raise UserError(f"The {where} has NaN or Inf in the inputs of "
                       f"{len(bad)} example(s) (first rows: {bad[:5].tolist()})."
@@ -195,6 +199,9 @@ def pad_images(ds: Dataset, size: int) -> Dataset:
   """Images zero-padded (centred) to `size` x `size`, e.g. 28x28
   Fashion-MNIST as 32x32 for the CIFAR recipes."""
   def pad(split: Split) -> Split:
+    if isinstance(split.x, lazy.LazyRows):
+      raise UserError("config.data.pad_to needs inputs in memory; with "
+                      "config.data.lazy=True, resize with image_size.")
     h, w = split.x.shape[1:3]
     if split.x.ndim != 4 or h > size or w > size:
       raise UserError(f"config.data.pad_to={size} needs images of at most "

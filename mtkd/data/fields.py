@@ -30,6 +30,7 @@ import numpy as np
 
 from mtkd.data import tokenize
 from mtkd.data.datasets import Dataset, Split
+from mtkd.data.lazy import LazyRows
 from mtkd.errors import UserError
 
 
@@ -41,6 +42,14 @@ def _decode(item) -> np.ndarray:
   from PIL import Image
   with Image.open(io.BytesIO(item["bytes"])) as im:
     return np.asarray(im)
+
+
+def decode_one(value, image_size: int = 0) -> np.ndarray:
+  """One encoded image (bytes or `{bytes}`) as uint8 [H, W, C], resized
+  to `image_size` x `image_size` when it is > 0."""
+  x = _decode(value if isinstance(value, dict) else {"bytes": value})
+  x = x if x.ndim == 3 else x[..., None]
+  return _resize(x, image_size) if image_size else x
 
 
 def decode_images(column: list, field: str, where: str, on_corrupt: str
@@ -146,10 +155,12 @@ def task_fields(cfg, classes: Mapping[str, int], available: Sequence[str],
   return out
 
 
-def needed(cfg, tasks: Mapping[str, TaskField], available) -> list[str]:
-  """The fields to read: input, labels, and the id field if present."""
+def needed(cfg, tasks: Mapping[str, TaskField], available,
+           inputs: bool = True) -> list[str]:
+  """The fields to read: input (unless not `inputs`), labels, and the id
+  field if present."""
   id_field = cfg.get("id_field", "id") or "id"
-  out = [cfg.get("input_field", "image") or "image"]
+  out = [cfg.get("input_field", "image") or "image"] if inputs else []
   out += [f for t in tasks.values() for f in t.fields]
   if id_field in available:
     out.append(id_field)
@@ -180,16 +191,25 @@ def _labels(columns: Mapping[str, list], t: TaskField, where: str,
 
 def assemble(cfg, name: str, columns: Mapping[str, Mapping[str, list]],
              classes: Mapping[str, int], tasks: Mapping[str, TaskField],
-             available: Sequence[str], where: str) -> Dataset:
-  """The `Dataset` of per-split `{field: values}` (module docstring)."""
+             available: Sequence[str], where: str,
+             lazy_inputs: Mapping[str, LazyRows] | None = None) -> Dataset:
+  """The `Dataset` of per-split `{field: values}` (module docstring);
+  `lazy_inputs`: each split's inputs, read on demand (the columns then
+  hold no input field)."""
   input_field = cfg.get("input_field", "image") or "image"
   id_field = cfg.get("id_field", "id") or "id"
-  first = columns["train"][input_field]
+  first = None if lazy_inputs else columns["train"][input_field]
   tok = (tokenize.load(cfg.get("tokenizer") or {})
          if first and is_text(first[0]) else None)
   splits = {}
   for s, cols in columns.items():
     at = f"{where} {s} split"
+    if lazy_inputs:
+      ids = _ids(cols.get(id_field), len(lazy_inputs[s]),
+                 id_field if id_field in available else None)
+      splits[s] = Split(lazy_inputs[s], {t: _labels(cols, f, at, t)
+                                         for t, f in tasks.items()}, ids)
+      continue
     decoded = decode_images(cols[input_field], input_field, at,
                             cfg.get("on_corrupt", "fail"))
     if decoded is not None:

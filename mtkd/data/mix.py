@@ -20,7 +20,7 @@ them (`mtkd.data.streams.EpochShuffle`).
 import ml_collections
 import numpy as np
 
-from mtkd.data import datasets
+from mtkd.data import datasets, lazy
 from mtkd.data.datasets import DATASETS, Dataset, Split
 from mtkd.errors import UserError
 
@@ -37,6 +37,9 @@ def _missing(kind: str, shape: tuple, n: int) -> np.ndarray:
 def _concat(parts: list[tuple[int, Split]], tasks: dict, kinds: dict
             ) -> Split:
   """Sources' splits -> one split, labels missing outside their source."""
+  if any(isinstance(s.x, lazy.LazyRows) for _, s in parts):
+    raise UserError("config.data.name='mix' needs its sources in memory; "
+                    "set lazy=False in config.data.sources.")
   x = np.concatenate([s.x for _, s in parts])
   labels = {}
   for t, owner in tasks.items():

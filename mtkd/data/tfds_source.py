@@ -20,14 +20,17 @@ stored order, which `tfds build` makes deterministic.
 
 import os
 
+import numpy as np
+
 from mtkd.data import fields as fields_lib
 from mtkd.data.datasets import DATASETS, Dataset
+from mtkd.data.lazy import LazyRows
 from mtkd.errors import UserError
 
 _CHUNK = 1024  # Rows read per `__getitems__` call.
 
 
-def _source(name: str, data_dir: str, split: str):
+def _source(name: str, data_dir: str, split: str, encoded: bool = False):
   try:
     import tensorflow_datasets as tfds
   except ImportError:
@@ -38,7 +41,8 @@ def _source(name: str, data_dir: str, split: str):
          f"--data_dir={data_dir} --file_format=array_record`, copy that "
          "folder here and pass --config.data.dir=DIR.")
   try:
-    return tfds.data_source(name, data_dir=data_dir, split=split)
+    return tfds.data_source(name, data_dir=data_dir, split=split, decoders=(
+        {"image": tfds.decode.SkipDecoding()} if encoded else None))
   except Exception as e:  # noqa: BLE001 - TFDS raises many kinds; all fatal.
     raise UserError(f"Cannot read TFDS dataset {name!r} split {split!r} from "
                     f"{data_dir!r} ({type(e).__name__}: "
@@ -94,11 +98,47 @@ def tfds_dataset(cfg) -> Dataset:
   where = f"TFDS dataset {name!r}"
   available = list(features)
   tasks = fields_lib.task_fields(cfg, classes, available, where)
-  read = fields_lib.needed(cfg, tasks, available)
-  columns = {}
+  is_lazy = bool(cfg.get("lazy", False))
+  read = fields_lib.needed(cfg, tasks, available, inputs=not is_lazy)
+  columns, lazy_inputs = {}, {}
   for s, src in sources.items():
     if len(src) == 0:
       raise UserError(f"{where} split {names[s]!r} is empty.")
+    if is_lazy:  # Labels and ids now; images when a batch needs them.
+      src = _source(name, data_dir, names[s], encoded=True)
+      lazy_inputs[s] = _lazy_images(cfg, src, features, name, names[s])
     columns[s] = _read(src, read)
   return fields_lib.assemble(cfg, "tfds", columns, classes, tasks, available,
-                             where)
+                             where, lazy_inputs or None)
+
+
+def _lazy_images(cfg, src, features, name: str, split: str) -> LazyRows:
+  """The split's images as `LazyRows` over an undecoding TFDS source:
+  decoded (and resized to `image_size`) with Pillow as rows are read."""
+  import tensorflow_datasets as tfds
+  field = cfg.get("input_field", "image") or "image"
+  f = features.get(field)
+  if not isinstance(f, tfds.features.Image):
+    raise UserError(f"config.data.lazy=True reads image fields; {field!r} "
+                    f"of TFDS dataset {name!r} is {type(f).__name__}.")
+  size = int(cfg.get("image_size", 0) or 0)
+  h, w, c = f.shape
+  if size:
+    h = w = size
+  if h is None or w is None:
+    raise UserError(f"TFDS dataset {name!r}'s images vary in size; set "
+                    "config.data.image_size to read them lazily.")
+
+  def read(rows: np.ndarray) -> np.ndarray:
+    out = []
+    for row in src.__getitems__([int(r) for r in rows]):
+      x = fields_lib.decode_one(row[field], size)
+      out.append(x)
+    return np.stack(out)
+
+  info = src.dataset_info
+  files = sorted((os.path.basename(str(fi.filename)), fi.take, fi.skip)
+                 for fi in info.splits[split].file_instructions)
+  identity = f"tfds:{name}:{info.version}:{split}:{len(src)}:{files}:{size}"
+  return LazyRows(read, (h, w, c), np.dtype(np.uint8), identity,
+                  np.arange(len(src)))
