@@ -4,7 +4,9 @@ arg `tasks`: one (the 40 attributes as one multilabel task: per-attribute
 sigmoid KD and BCE, mean accuracy over attributes) or each (40 binary
 classification tasks, the multi-task setting of Sener & Koltun 2018,
 'Multi-Task Learning as Multi-Objective Optimization'). Images are resized
-to 64 x 64 (`config.data.image_size`, bilinear; CelebA's are 218 x 178).
+to 64 x 64 (`config.data.image_size`, bilinear; CelebA's are 218 x 178),
+read from disk per batch (`config.data.lazy`: the split is not held in
+memory).
 Teacher resnet32x4, student resnet8x4 (CIFAR ResNets: any input size),
 Adam with cosine decay, a 5k validation split held out of train, every
 label seen.
@@ -32,6 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = parse_arg(arg, smoke=False, tasks="one", epochs=10)
   c = defaults.base_config()
   c.data.name, c.data.tfds_name, c.data.image_size = "tfds", "celeb_a", 64
+  c.data.lazy = True  # 163k images stay on disk, read per batch.
   c.data.num_labeled, c.data.val_size = -1, 5000
   if args["tasks"] == "one":
     c.data.tasks = {"attributes": dict(fields="attributes/*",
