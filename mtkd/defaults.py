@@ -57,7 +57,9 @@ def host_augmentation() -> dict:
   return dict(flip=False,
               pad_crop=0,  # Zero-pad, then crop back at a random offset.
               resized_crop=dict(scale=(0.0, 0.0), ratio=(3 / 4, 4 / 3)),
-              randaugment=dict(num_ops=0, magnitude=9))
+              randaugment=dict(num_ops=0, magnitude=9),
+              # 'mixup' / 'cutmix' with a partner row, lam ~ Beta(a, a).
+              mix=dict(kind="", alpha=1.0))
 
 
 def recipe() -> dict:

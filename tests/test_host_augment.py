@@ -168,3 +168,86 @@ def test_replayed_views_are_what_the_cache_rendered(mixup):
     got = jax.jit(lambda b: step_lib.step_inputs(b, None, jax.random.key(0)))(
         b)
     np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def _mix(kind, alpha=1.0):
+  return host_augment.mix_spec(_cfg(mix=dict(kind=kind, alpha=alpha)))
+
+
+def test_mix_plans_are_pure_and_cutmix_lam_is_the_kept_area():
+  s = _mix("cutmix")
+  seeds = np.arange(200) * 31
+  plan = host_augment.mix_plan(s, seeds, 50, 12, 10)
+  again = host_augment.mix_plan(s, seeds[::-1], 50, 12, 10)
+  np.testing.assert_array_equal(again.partner, plan.partner[::-1])
+  assert plan.partner.min() >= 0 and plan.partner.max() < 50
+  top, left, bh, bw = plan.box.T
+  assert (top >= 0).all() and (top + bh <= 12).all() and (left + bw <= 10).all()
+  np.testing.assert_allclose(plan.lam, 1 - bh * bw / 120, rtol=1e-6)
+  lam = host_augment.mix_plan(_mix("mixup", 0.2), seeds, 50, 1, 1).lam
+  assert (lam >= 0).all() and (lam <= 1).all()
+  assert np.mean((lam < 0.1) | (lam > 0.9)) > 0.5  # Beta(0.2, 0.2): U-shaped.
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_the_stream_mixes_each_example_with_its_partner(kind):
+  x = _images(10)
+  labels = {"t": np.arange(10, dtype=np.int32) % 4}
+  split = Split(x, labels, np.arange(100, 110))
+  ds = streams.train_stream(split, labels, 4, seed=5, mix=_mix(kind))
+  for k in range(3):
+    b = ds[k]
+    epochs = np.arange(4 * k, 4 * k + 4) // 10
+    seeds = views.epoch_seed(5, b["ids"], epochs)
+    plan = host_augment.mix_plan(_mix(kind), seeds, 10, 12, 10)
+    a, p = to_float(x[b["ids"] - 100]), to_float(x[plan.partner])
+    if kind == "mixup":
+      lam = plan.lam[:, None, None, None]
+      np.testing.assert_allclose(b["inputs"], lam * a + (1 - lam) * p,
+                                 rtol=1e-6)
+    else:
+      for i, (top, left, bh, bw) in enumerate(plan.box):
+        want = a[i].copy()
+        want[top:top + bh, left:left + bw] = p[i, top:top + bh, left:left + bw]
+        np.testing.assert_array_equal(b["inputs"][i], want)
+    np.testing.assert_array_equal(b["mix_labels"]["t"],
+                                  labels["t"][plan.partner])
+    np.testing.assert_array_equal(b["label_lam"], plan.lam)
+
+
+def test_the_label_loss_mixes_both_labels():
+  import jax.numpy as jnp
+
+  from mtkd.methods import objectives
+  logits = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+  y, y2 = np.array([0, 1, 2, 1]), np.array([2, 1, 0, -1])
+  lam = np.array([0.25, 0.5, 1.0, 0.7], np.float32)
+  batch = {"labels": {"t": y}, "mix_labels": {"t": y2}, "label_lam": lam,
+           "mask": np.ones(4, np.float32)}
+  sup, labelled = objectives.OBJECTIVES.get("supervised")().supervised(
+      jnp.asarray(logits), batch, objectives.TaskSpec("t", 3), {})
+  logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+  ce = -logp[np.arange(4), y]
+  ce2 = -logp[np.arange(4), np.maximum(y2, 0)]
+  np.testing.assert_allclose(np.asarray(sup)[:3],
+                             (lam * ce + (1 - lam) * ce2)[:3], rtol=1e-5)
+  # A partner without a label leaves its row out of the label loss.
+  np.testing.assert_array_equal(np.asarray(labelled), [1, 1, 1, 0])
+
+
+def test_mix_settings_are_checked_and_a_teacher_trains_with_cutmix(
+    tmp_path, run_mtkd):
+  from configs import quickstart
+  c = quickstart.get_config("smoke")
+  c.data.name = "digits"
+  c.teacher.steps = c.student.steps = 10
+  c.student.host_augment.mix = dict(kind="mixup", alpha=1.0)
+  with pytest.raises(UserError, match="cached teacher logits"):
+    run_mtkd(c, tmp_path / "a")
+  c.student.host_augment.mix = dict(kind="", alpha=1.0)
+  c.teacher.host_augment.mix = dict(kind="cutmix", alpha=1.0)
+  results = run_mtkd(c, tmp_path / "b")
+  assert np.isfinite(results["digit"]["teacher"]["accuracy"])
+  c.data.name = "mnist1d"  # Vectors: no boxes to paste.
+  with pytest.raises(UserError, match="cutmix pastes image boxes"):
+    run_mtkd(c, tmp_path / "c")

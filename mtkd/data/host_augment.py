@@ -12,8 +12,15 @@ threads (the training stream's map), before the batch reaches the device.
   randaugment = dict(num_ops=N, magnitude=M)   RandAugment (Cubuk et al.
                        2020, torchvision's op list and magnitude bins of
                        31): N ops drawn uniformly, each at magnitude M
-Order: resized crop, pad-crop, flip, RandAugment; inputs uint8 images
-`[H, W, C]` (C = 1 or 3).
+  mix = dict(kind='mixup' | 'cutmix', alpha=a)   each example mixed with a
+                       partner row of the stream (drawn from the example's
+                       seed), lam ~ Beta(a, a); cutmix pastes the partner's
+                       box of area 1 - lam (lam then the kept area). The
+                       label loss becomes lam * loss(label) + (1 - lam) *
+                       loss(partner's label) (`mix_labels`, `label_lam`)
+Order: resized crop, pad-crop, flip, RandAugment (per example, uint8
+images `[H, W, C]`, C = 1 or 3), then mix (partner augmented likewise, from
+its own draw's seed + 1).
 
 Every random choice of example `id` in draw `epoch` (or cached view v) is
 drawn from `np.random.default_rng(seed)` with `seed` = `views.epoch_seed`
@@ -145,6 +152,8 @@ class Spec:
   ratio: tuple[float, float] = (3 / 4, 4 / 3)
   num_ops: int = 0
   magnitude: int = 9
+  mix: str = ""  # '', 'mixup' or 'cutmix'.
+  alpha: float = 1.0
 
 
 def spec(cfg) -> Spec | None:
@@ -153,12 +162,18 @@ def spec(cfg) -> Spec | None:
     return None
   rc = dict(cfg.get("resized_crop") or {})
   ra = dict(cfg.get("randaugment") or {})
+  mx = dict(cfg.get("mix") or {})
   s = Spec(flip=bool(cfg.get("flip", False)),
            pad_crop=int(cfg.get("pad_crop", 0)),
            scale=tuple(float(v) for v in rc.get("scale", (0.0, 0.0))),
            ratio=tuple(float(v) for v in rc.get("ratio", (3 / 4, 4 / 3))),
            num_ops=int(ra.get("num_ops", 0)),
-           magnitude=int(ra.get("magnitude", 9)))
+           magnitude=int(ra.get("magnitude", 9)),
+           mix=str(mx.get("kind", "") or ""),
+           alpha=float(mx.get("alpha", 1.0)))
+  if s.mix not in ("", "mixup", "cutmix") or s.alpha <= 0:
+    raise UserError(f"host_augment.mix {mx!r}: kind '', 'mixup' or 'cutmix', "
+                    "alpha > 0.")
   if s.pad_crop < 0 or s.num_ops < 0 or not 0 <= s.magnitude <= 30:
     raise UserError(f"host_augment {cfg!r}: pad_crop and randaugment."
                     "num_ops must be >= 0, randaugment.magnitude in [0, 30].")
@@ -166,16 +181,66 @@ def spec(cfg) -> Spec | None:
                          and 0 < s.ratio[0] <= s.ratio[1]):
     raise UserError(f"host_augment.resized_crop {rc!r}: need 0 < scale lo "
                     "<= hi <= 1 and 0 < ratio lo <= hi.")
-  if s == Spec(magnitude=s.magnitude, ratio=s.ratio):
+  if s == Spec(magnitude=s.magnitude, ratio=s.ratio, alpha=s.alpha):
     return None
   return s
 
 
+def mix_spec(cfg) -> Spec | None:
+  """The settings when they mix examples (`mix`), else None."""
+  s = spec(cfg)
+  return s if s is not None and s.mix else None
+
+
+@dataclasses.dataclass(frozen=True)
+class MixPlan:
+  """Per example: the partner (a position in the stream's rows), lam, and
+  for cutmix the pasted box (top, left, height, width; 0-sized for mixup)."""
+  partner: np.ndarray
+  lam: np.ndarray
+  box: np.ndarray
+
+
+def mix_plan(s: Spec, seeds: np.ndarray, n: int, h: int, w: int) -> MixPlan:
+  """The mix of each example, drawn from its seed alone."""
+  partner, lam, box = [], [], []
+  for seed in seeds:
+    rng = np.random.default_rng([_SALT, int(seed), 1])
+    partner.append(int(rng.integers(n)))
+    lam_i = float(rng.beta(s.alpha, s.alpha))
+    b = (0, 0, 0, 0)
+    if s.mix == "cutmix":  # Box of area (1 - lam) h w, clipped.
+      ch, cw = int(h * math.sqrt(1 - lam_i)), int(w * math.sqrt(1 - lam_i))
+      cy, cx = int(rng.integers(h)), int(rng.integers(w))
+      top, left = max(cy - ch // 2, 0), max(cx - cw // 2, 0)
+      bottom, right = min(cy + (ch + 1) // 2, h), min(cx + (cw + 1) // 2, w)
+      b = (top, left, bottom - top, right - left)
+      lam_i = 1 - b[2] * b[3] / (h * w)
+    lam.append(lam_i)
+    box.append(b)
+  return MixPlan(np.asarray(partner, np.int64), np.asarray(lam, np.float32),
+                 np.asarray(box, np.int64).reshape(-1, 4))
+
+
+def apply_mix(s: Spec, x: np.ndarray, other: np.ndarray, plan: MixPlan
+              ) -> np.ndarray:
+  """float32 inputs mixed with their partners' (`x`, `other` float32)."""
+  if s.mix == "mixup":
+    lam = plan.lam.reshape((-1,) + (1,) * (x.ndim - 1))
+    return lam * x + (1 - lam) * other
+  out = x.copy()
+  for i, (top, left, bh, bw) in enumerate(plan.box):
+    out[i, top:top + bh, left:left + bw] = other[i, top:top + bh,
+                                                 left:left + bw]
+  return out
+
+
 def make(cfg) -> HostAugment | None:
   """`(uint8 images [B, H, W, C], seeds int [B]) -> augmented images`, or
-  None when nothing is on."""
+  None when no per-example op is on (`mix` is the stream's, `mix_plan`)."""
   s = spec(cfg)
-  if s is None:
+  if s is None or s == Spec(magnitude=s.magnitude, ratio=s.ratio,
+                            alpha=s.alpha, mix=s.mix):
     return None
   ops = _ops() if s.num_ops else None
 

@@ -23,7 +23,7 @@ import grain
 import numpy as np
 
 from mtkd import distributed
-from mtkd.data import views
+from mtkd.data import host_augment, views
 from mtkd.data.datasets import Split, to_float
 from mtkd.data.host_augment import HostAugment
 
@@ -124,10 +124,11 @@ class TrainBatches:
   def __init__(self, shuffle: EpochShuffle, gather: Gather,
                join: JoinFn | None, num_views: int = 0, seed: int = 0,
                view_seed: int = 0, mixup: bool = False,
-               augment_seeds: bool = False):
+               augment_seeds: bool = False,
+               mix: host_augment.Spec | None = None):
     self.shuffle, self.gather, self.join = shuffle, gather, join
     self.num_views, self.seed, self.view_seed = num_views, seed, view_seed
-    self.mixup, self.augment_seeds = mixup, augment_seeds
+    self.mixup, self.augment_seeds, self.mix = mixup, augment_seeds, mix
 
   def __call__(self, k: int) -> Batch:
     b = self.shuffle.batch_size
@@ -145,6 +146,8 @@ class TrainBatches:
       return batch
     seeds = views.epoch_seed(self.seed, ids, epochs)
     batch = self.gather(rows, seeds=seeds)
+    if self.mix is not None:
+      self._mix(batch, seeds)
     if self.join is not None:
       batch.update(self.join(ids))
     if self.augment_seeds:
@@ -152,12 +155,26 @@ class TrainBatches:
     return batch
 
 
+  def _mix(self, batch: Batch, seeds: np.ndarray) -> None:
+    """Mixup / cutmix with partner rows of the stream (`host_augment`)."""
+    shape = self.gather.split.x.shape
+    h, w = (shape[1], shape[2]) if len(shape) == 4 else (1, 1)
+    plan = host_augment.mix_plan(self.mix, seeds, len(self.shuffle.rows), h,
+                                 w)
+    other = self.gather(self.shuffle.rows[plan.partner],
+                        seeds=seeds.astype(np.int64) + 1)
+    batch["inputs"] = host_augment.apply_mix(self.mix, batch["inputs"],
+                                             other["inputs"], plan)
+    batch["mix_labels"], batch["label_lam"] = other["labels"], plan.lam
+
+
 def train_stream(split: Split, labels: Mapping[str, np.ndarray],
                  batch_size: int, seed: int, rows: np.ndarray | None = None,
                  join: JoinFn | None = None, num_views: int = 0,
                  view_seed: int = 0, mixup: bool = False,
                  augment_seeds: bool = False,
-                 host: HostAugment | None = None) -> grain.MapDataset:
+                 host: HostAugment | None = None,
+                 mix: host_augment.Spec | None = None) -> grain.MapDataset:
   """An infinite, seeded, per-epoch reshuffled stream of full batches.
 
   `batch_size` is global; each process gets its share. `rows` restricts
@@ -165,14 +182,14 @@ def train_stream(split: Split, labels: Mapping[str, np.ndarray],
   the labels the model may see (-1 = none). With `num_views` K > 0 the
   join reads a view cache; with `augment_seeds` batches carry per-example
   augmentation seeds for the step, and `host` augments the raw inputs in
-  the stream (`TrainBatches`).
+  the stream, `mix` mixes examples with partners (`TrainBatches`).
   """
   rows = np.arange(len(split)) if rows is None else np.asarray(rows, np.int64)
   shuffle = EpochShuffle(rows, batch_size, seed, None if split.weights is None
                          else np.asarray(split.weights, np.float64)[rows])
   return grain.MapDataset.range(2**62).map(TrainBatches(
       shuffle, Gather(split, labels, host=host), join, num_views, seed,
-      view_seed, mixup, augment_seeds))
+      view_seed, mixup, augment_seeds, mix))
 
 
 def eval_stream(split: Split, batch_size: int,

@@ -189,6 +189,12 @@ class Objective:
     labels = batch["labels"][task.name]
     labelled = batch["mask"] * k.labelled(labels)
     sup = k.loss(logits, labels, task.label_smoothing)
+    if "label_lam" in batch:  # Mixup / cutmix: both labels, weighted.
+      other = batch["mix_labels"][task.name]
+      lam = batch["label_lam"].reshape(sup.shape)
+      sup = lam * sup + (1 - lam) * k.loss(logits, other,
+                                           task.label_smoothing)
+      labelled = labelled * k.labelled(other)
     metrics[f"{prefix}{task.name}/{k.score_name}"] = _pair(
         k.score(logits, labels), labelled)
     metrics[f"{prefix}{task.name}/sup"] = _pair(sup, labelled)

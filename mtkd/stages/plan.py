@@ -174,6 +174,7 @@ def check_config(config, ds: Dataset, mesh) -> tuple[TaskSpec, ...]:
     raise UserError(f"config.nonfinite is {config.nonfinite!r}; use 'stop' or "
                     "'skip'.")
   _check_cache(config, specs)
+  _check_host_mix(config, ds, specs)
   _check_vocab(config, ds)
   _check_shard_memory(config, ds)
   _check_eval(config, ds)
@@ -192,6 +193,37 @@ def check_config(config, ds: Dataset, mesh) -> tuple[TaskSpec, ...]:
     raise UserError(f"config.data.num_labeled={n} exceeds the {len(ds.train)} "
                     "training examples; use -1 for all labels.")
   return specs
+
+
+def _check_host_mix(config, ds: Dataset, specs) -> None:
+  """Host mixup / cutmix: image inputs for cutmix, per-example tasks, and
+  no cached teacher logits (they are the unmixed inputs' outputs)."""
+  for part in ("teacher", "student"):
+    s = host_augment.mix_spec(config[part].get("host_augment"))
+    if s is None:
+      continue
+    where = f"config.{part}.host_augment.mix"
+    if s.mix == "cutmix" and len(ds.input_shape) != 3:
+      raise UserError(f"{where}: cutmix pastes image boxes; the inputs are "
+                      f"{ds.input_shape}. Use kind='mixup'.")
+    seq = [t.name for t in specs if tasks.kind(t).per_token]
+    if seq:
+      raise UserError(f"{where} mixes whole examples; sequence task(s) "
+                      f"{seq} have per-token labels. Turn it off.")
+    if part == "teacher":
+      continue
+    if config.cache.get("views", 0):
+      raise UserError(f"{where} with config.cache.views: mixed views are "
+                      "config.cache.mixup (cached function matching).")
+    for name, st in student_stages(config).items():
+      obj = objectives.build(st["objective"], config)
+      if obj.needs.teacher_logits and st.get("teacher_mode",
+                                             "cached") == "cached":
+        raise UserError(
+            f"{where} with stage {name!r}'s cached teacher logits: they are "
+            "the teacher's outputs on the unmixed inputs. Fix: cache mixed "
+            "views (config.cache.views=K, config.cache.mixup=True) or run "
+            "the teacher online (teacher_mode='online').")
 
 
 def _check_vocab(config, ds: Dataset) -> None:

@@ -198,6 +198,8 @@ class StudentStage(Stage):
                                     mixup=bool(c.cache.get("mixup")),
                                     augment_seeds=aug is not None,
                                     host=host_augment.make(
+                                        c.student.get("host_augment")),
+                                    mix=host_augment.mix_spec(
                                         c.student.get("host_augment"))),
         num_steps=self.plan["steps"], batch_size=batch,
         config=self.settings(r), weighting=wfn, augment=aug,

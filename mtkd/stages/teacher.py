@@ -98,6 +98,8 @@ class TeacherStage(Stage):
                                     c.batch_size, m.seed,
                                     augment_seeds=aug is not None,
                                     host=host_augment.make(
+                                        c.get("host_augment")),
+                                    mix=host_augment.mix_spec(
                                         c.get("host_augment"))),
         num_steps=c.steps, batch_size=c.batch_size,
         config=self.settings(r), augment=aug,
