@@ -81,6 +81,24 @@ def run_mtkd():
   return run
 
 
+@pytest.fixture
+def resumes_exactly(run_mtkd):
+  """`resumes_exactly(config, workdir)` on a finished run: drops the
+  student's last checkpoint and the results, runs again, and checks the
+  resumed run writes the same results.json bytes."""
+  import shutil
+
+  def check(config, workdir):
+    final = (workdir / "results.json").read_bytes()
+    ckpts = workdir / "student" / "checkpoints"
+    last = max(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+    shutil.rmtree(ckpts / str(last))
+    (workdir / "results.json").unlink()
+    run_mtkd(config, workdir)
+    assert (workdir / "results.json").read_bytes() == final
+  return check
+
+
 @pytest.fixture(scope="session")
 def one_device_mesh():
   from mtkd.train import sharding
