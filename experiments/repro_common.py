@@ -28,7 +28,7 @@ from types import SimpleNamespace
 from absl import app, flags
 
 from experiments import report
-from mtkd import configs_util
+from mtkd import configs_util, defaults
 from mtkd.store.layout import Layout
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -78,13 +78,20 @@ def resolved(name: str, arg: str, overrides: dict) -> dict:
 
 def teacher_key(name: str, arg: str, overrides: dict) -> str:
   """A folder name shared by runs whose teachers are the same: the teacher,
-  data and source settings and the seed (what teacher.workdir checks)."""
+  data and source settings and the seed (what teacher.workdir checks).
+  Only settings that differ from mtkd's defaults count, so a new default
+  setting (mtkd growing) keeps every existing key."""
   c = resolved(name, arg, overrides)
   c["teacher"].pop("workdir", None)
   t = c["teacher"]
   kind = t["kind"] + (f"x{t['ensemble']}" if t["ensemble"] > 1 else "")
-  fp = configs_util.fingerprint({k: c[k] for k in ("data", "teacher",
-                                                   "source", "seed")})
+  default = configs_util.flatten(json.loads(json.dumps(
+      configs_util.to_dict(defaults.base_config()))))
+  mine = configs_util.flatten({k: c[k] for k in ("data", "teacher", "source")})
+  fp = configs_util.fingerprint({
+      "changed": {k: v for k, v in sorted(mine.items())
+                  if k not in default or default[k] != v},
+      "seed": c["seed"]})
   return f"{kind}-{fp[:8]}_s{c['seed']}"
 
 

@@ -161,3 +161,25 @@ def test_driver_report_only_on_empty_root(tmp_path, name):
       assert mod.main(flags.FLAGS([name, *argv])) == 0
   assert not (tmp_path / "f").exists() or not any(
       p.name == "report.md" for p in (tmp_path / "f").rglob("*"))
+
+
+def test_teacher_keys_survive_new_default_settings(monkeypatch):
+  """A key hashes the teacher-side settings that differ from mtkd's
+  defaults: a new default key (mtkd growing) keeps it, a changed teacher
+  or data setting changes it."""
+  from mtkd import defaults
+  before = rc.teacher_key("quickstart", "", {"seed": 0})
+  base = defaults.base_config
+
+  def grown():
+    c = base()
+    c.data.some_new_option = 3
+    c.teacher.another = dict(on=False)
+    return c
+  monkeypatch.setattr(defaults, "base_config", grown)
+  assert rc.teacher_key("quickstart", "", {"seed": 0}) == before
+  assert rc.teacher_key("quickstart", "", {"seed": 1}) != before
+  assert rc.teacher_key("quickstart", "", {"seed": 0,
+                                           "teacher.steps": 7}) != before
+  assert rc.teacher_key("quickstart", "", {"seed": 0,
+                                           "data.num_labeled": 5}) != before
