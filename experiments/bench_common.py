@@ -71,13 +71,15 @@ class Student:
     return self.place.put_batch(batch)
 
 
-def make_student_step(student: Student, state) -> Callable:
+def make_student_step(student: Student, state,
+                      augment: Callable | None = None) -> Callable:
   """`step(state, device_batch, rng) -> (state, metrics)`, jitted with
-  donation by mtkd's place. The one call site of make_train_step."""
+  donation by mtkd's place (with the in-step `augment`, if any). The one
+  call site of make_train_step."""
   return student.place.compile(
       lambda axis_name: step_lib.make_train_step(
           student.model, student.tx, student.objective, student.specs,
-          axis_name=axis_name), state)
+          augment=augment, axis_name=axis_name), state)
 
 
 def make_student(devices: list | None = None,

@@ -29,11 +29,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from mtkd import models
-from mtkd.data import augment, datasets, streams
-from mtkd.methods import objectives
-from mtkd.train import optim, placement, sharding
-from mtkd.train import step as step_lib
+from experiments import bench_common as bc
+from mtkd.data import augment, streams
 
 _STEPS = flags.DEFINE_integer("steps", 300, "Batches timed per row.")
 _VIEWS = flags.DEFINE_integer("views", 8, "K of the view cache.")
@@ -55,14 +52,10 @@ def main(argv: Sequence[str]) -> None:
   logging.set_verbosity(logging.WARNING)
   n, steps, k = 60000, _STEPS.value, _VIEWS.value
   rng = np.random.default_rng(0)
-  tasks = ("left", "right")
-  split = datasets.Split(
-      rng.integers(0, 255, (n, 36, 36, 1), dtype=np.uint8),
-      {t: rng.integers(0, 10, n).astype(np.int32) for t in tasks},
-      np.arange(n))
+  split = bc.synthetic_split(n)
   # Row r of a table: example r // K's view r % K (K = 1: the fixed cache).
-  tables = {views: {t: rng.normal(size=(n * views, 10)).astype(np.float32)
-                    for t in tasks} for views in (1, k)}
+  tables = {views: {t: rng.normal(size=(n * views, bc.NUM_CLASSES)).astype(
+      np.float32) for t in bc.TASKS} for views in (1, k)}
 
   def join_of(views):
     def join(ids):  # One teacher per task: [B, 1, C].
@@ -70,20 +63,9 @@ def main(argv: Sequence[str]) -> None:
                           for t, x in tables[views].items()}}
     return join
 
-  specs = tuple(objectives.TaskSpec(t, 10, temperature=2.0, alpha=0.5)
-                for t in tasks)
-  model = models.build(ml_collections.ConfigDict(
-      dict(name="mlp", hidden=(128,))), {t: 10 for t in tasks})
-  tx = optim.make_optimizer(ml_collections.ConfigDict(
-      dict(name="adam", learning_rate=1e-3)))
-  place = placement.Jit(sharding.make_mesh(devices=jax.devices()[:1]))
-  net = models.Net(model)
-  init = step_lib.make_init(net, tx, (36, 36, 1))
+  student = bc.make_student()
   shift = augment.make(ml_collections.ConfigDict(dict(max_shift=2)))
-  distill = objectives.OBJECTIVES.get("distill")()
-  state0 = place.init(init, jax.random.key(0))
-  step = place.compile(lambda ax: step_lib.make_train_step(
-      net, tx, distill, specs, augment=shift, axis_name=ax), state0)
+  step = bc.make_student_step(student, student.fresh_state(), shift)
   key = jax.random.key(1)
   streams_of = {
       "fixed": streams.train_stream(split, split.labels, 128, 0,
@@ -96,21 +78,21 @@ def main(argv: Sequence[str]) -> None:
   }
   rows = {}
   for name, ds in streams_of.items():
-    batch = place.put_batch(ds[0])
-    state = place.init(init, jax.random.key(0))
+    batch = student.put(ds[0])
+    state = student.fresh_state()
     for _ in range(3):  # Compile and warm up this batch structure.
       state, _ = step(state, batch, key)
 
     def run_steps(batch=batch):
-      s = place.init(init, jax.random.key(0))
+      s = student.fresh_state()
       for _ in range(steps):
         s, _ = step(s, batch, key)
       return s
 
     def loop(ds=ds):
-      s = place.init(init, jax.random.key(0))
+      s = student.fresh_state()
       for b in streams.iterate(ds, 0, steps):
-        s, _ = step(s, place.put_batch(b), key)
+        s, _ = step(s, student.put(b), key)
       return s
 
     rows[name] = (_ms(run_steps, steps, _REPEATS.value),

@@ -74,6 +74,28 @@ def _finish(procs, timeout=300):
   return outs
 
 
+def _two(workdir, extra=(), base=ARGS):
+  """Two processes of 2 CPU devices each, coordinated on a free port."""
+  port = _free_port()
+  return [_start([f"--workdir={workdir}", *extra,
+                  "--config.parallel.distributed=True",
+                  f"--config.parallel.coordinator_address=127.0.0.1:{port}",
+                  "--config.parallel.num_processes=2",
+                  f"--config.parallel.process_id={i}"], 2, base)
+          for i in range(2)]
+
+
+def _assert_match(results_path, reference):
+  """The multi-process results equal the 1-process ones (float noise)."""
+  got = json.load(open(results_path))
+  assert got.keys() == reference.keys()
+  for task in reference:
+    for model in reference[task]:
+      for k, v in reference[task][model].items():
+        np.testing.assert_allclose(got[task][model][k], v, rtol=1e-4,
+                                   atol=1e-5, err_msg=f"{task}/{model}/{k}")
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, run_mtkd):
   """The same run in one process on 4 devices (in this process: the
@@ -86,23 +108,9 @@ def reference(tmp_path_factory, run_mtkd):
 
 @pytest.mark.parametrize("strategy", ["jit", "pmap"])
 def test_two_processes_match_one(tmp_path, reference, strategy):
-  port = _free_port()
-  procs = [_start([f"--workdir={tmp_path}",
-                   f"--config.parallel.placement={strategy}",
-                   "--config.parallel.distributed=True",
-                   f"--config.parallel.coordinator_address=127.0.0.1:{port}",
-                   "--config.parallel.num_processes=2",
-                   f"--config.parallel.process_id={i}"], devices=2)
-           for i in range(2)]
-  outs = _finish(procs)
+  outs = _finish(_two(tmp_path, [f"--config.parallel.placement={strategy}"]))
   assert "4 device(s) in 2 process(es)" in outs[0]
-  got = json.load(open(tmp_path / "results.json"))
-  assert got.keys() == reference.keys()
-  for task in reference:
-    for model in reference[task]:
-      for k, v in reference[task][model].items():
-        np.testing.assert_allclose(got[task][model][k], v, rtol=1e-4,
-                                   atol=1e-5, err_msg=f"{task}/{model}/{k}")
+  _assert_match(tmp_path / "results.json", reference)
   # Process 0 alone reports and writes results.
   assert "Wrote" in outs[0] and "Wrote" not in outs[1]
 
@@ -118,20 +126,8 @@ def test_view_cache_two_processes_match_one(tmp_path, run_mtkd):
   c.cache.views = 2
   c.student.augment.max_shift = 1
   reference = run_mtkd(c, tmp_path / "one", devices=4)
-  port = _free_port()
-  procs = [_start([f"--workdir={tmp_path / 'two'}", *views,
-                   "--config.parallel.distributed=True",
-                   f"--config.parallel.coordinator_address=127.0.0.1:{port}",
-                   "--config.parallel.num_processes=2",
-                   f"--config.parallel.process_id={i}"], devices=2)
-           for i in range(2)]
-  _finish(procs)
-  got = json.load(open(tmp_path / "two" / "results.json"))
-  for task in reference:
-    for model in reference[task]:
-      for k, v in reference[task][model].items():
-        np.testing.assert_allclose(got[task][model][k], v, rtol=1e-4,
-                                   atol=1e-5, err_msg=f"{task}/{model}/{k}")
+  _finish(_two(tmp_path / "two", views))
+  _assert_match(tmp_path / "two" / "results.json", reference)
   assert (tmp_path / "two" / "cache" / "digit-views2" / "train").is_dir()
 
 
@@ -149,14 +145,7 @@ def test_mixed_text_datasets_two_processes_match_one(tmp_path, run_mtkd,
   c.teacher.steps = c.student.steps = 10
   c.cache.shard_size = 256  # 4 train shards: both processes write.
   reference = run_mtkd(c, tmp_path / "one", devices=4)
-  port = _free_port()
-  procs = [_start([f"--workdir={tmp_path / 'two'}",
-                   "--config.parallel.distributed=True",
-                   f"--config.parallel.coordinator_address=127.0.0.1:{port}",
-                   "--config.parallel.num_processes=2",
-                   f"--config.parallel.process_id={i}"], 2, base)
-           for i in range(2)]
-  _finish(procs)
+  _finish(_two(tmp_path / "two", base=base))
   for task in ("sst2", "cola"):
     for split in ("train", "test"):
       ids = [np.concatenate([np.load(p) for p in sorted(
@@ -165,9 +154,4 @@ def test_mixed_text_datasets_two_processes_match_one(tmp_path, run_mtkd,
       assert len(ids[0]) and np.array_equal(*ids), (task, split)
   assert len(list((tmp_path / "two" / "cache" / "sst2" / "train").glob(
       "shard-*"))) == 4
-  got = json.load(open(tmp_path / "two" / "results.json"))
-  for task in reference:
-    for model in reference[task]:
-      for k, v in reference[task][model].items():
-        np.testing.assert_allclose(got[task][model][k], v, rtol=1e-4,
-                                   atol=1e-5, err_msg=f"{task}/{model}/{k}")
+  _assert_match(tmp_path / "two" / "results.json", reference)
