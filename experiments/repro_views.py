@@ -101,7 +101,7 @@ def collect(root: str) -> dict:
         acc={task: r["student"]["accuracy"] for task, r in res.items()},
         agree={task: r["student"].get("agreement") for task, r in res.items()},
         student_s=t.get("student"), steps=cfg.get("student", {}).get("steps"),
-        cache_bytes=_du(caches) if method != "online" else 0,
+        cache_bytes=0 if method.startswith("online") else _du(caches),
         # A views run restores the seed's teachers: its teacher time is the
         # caching of its K views.
         cache_s=t.get("teachers") if k else None)

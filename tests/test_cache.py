@@ -39,11 +39,17 @@ def _build(directory, shard_size=3, dtype="float32", predict=None, **kw):
   return str(directory)
 
 
-def test_round_trip_by_id_across_shards(tmp_path):
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_round_trip_by_id_across_shards(tmp_path, monkeypatch, in_memory):
+  """Both read paths: small caches held as one array, larger ones read
+  shard by shard from their memory maps (forced here)."""
+  if not in_memory:
+    monkeypatch.setattr(cache, "IN_MEMORY_BYTES", 0)
   d = _build(tmp_path / "c")
   assert sorted(os.listdir(d)) == ["metadata.json"] + [
       f"shard-0000{i}-of-00003" for i in range(3)]
   c = cache.LogitCache(d, META)
+  assert len(c._shards) == (1 if in_memory else 3)
   assert c.meta["num_classes"] == {"a": 3, "b": 4}
   assert c.meta["num_examples"] == 7 and c.meta["dtype"] == "float32"
   query = np.array([7, 5, 8, 7, 1, 9])

