@@ -21,9 +21,11 @@ from experiments import (
     repro_multifashion,
     repro_other_data,
     repro_text,
+    repro_views,
 )
 
-DRIVERS = (repro_hinton, repro_multifashion, repro_text, repro_other_data)
+DRIVERS = (repro_hinton, repro_multifashion, repro_text, repro_other_data,
+           repro_views)
 
 flags.adopt_module_key_flags(repro_common)
 flags.adopt_module_key_flags(repro_hinton)
