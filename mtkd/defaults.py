@@ -107,9 +107,10 @@ def base_config() -> ml_collections.ConfigDict:
       # Text input fields: a local tokenizer file (mtkd/data/tokenize.py):
       # kind 'hf_tokenizers' (tokenizer.json) or 'sentencepiece' (.model).
       tokenizer=dict(kind="", path="", max_len=128),
-      # For name='tfds' (ArrayRecord under `dir`): the TFDS name, and
-      # whether images stay on disk, read per batch (larger than memory).
+      # For name='tfds' (ArrayRecord under `dir`): the TFDS name.
       tfds_name="",
+      # 'tfds', 'hf', 'folder': images stay on disk, each batch's rows read
+      # and decoded by the process that gathers them (larger than memory).
       lazy=False,
       # For 'hf' and 'tfds': the stored splits read as train and test (GLUE
       # hides its test labels: test='validation').

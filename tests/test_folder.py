@@ -91,3 +91,27 @@ def test_folder_pipeline_end_to_end(tmp_path, run_mtkd):
   assert set(results) == {"label"}
   assert {"teacher", "baseline", "student"} <= set(results["label"])
   assert results["label"]["student"]["count"] == 30
+
+
+def test_lazy_folder_reads_the_same_images_per_batch(tmp_path):
+  """`data.lazy=True`: the same ids, labels and decoded images, read only
+  when indexed; a corrupt file fails when its row is read."""
+  from mtkd.data import lazy
+  root = _write(tmp_path / "a")
+  eager = datasets.build(_cfg(root, image_size=8))
+  lz = datasets.build(_cfg(root, image_size=8, lazy=True))
+  assert isinstance(lz.train.x, lazy.LazyRows) and lz.input_shape == (8, 8, 3)
+  for a, b in ((eager.train, lz.train), (eager.test, lz.test)):
+    np.testing.assert_array_equal(b.ids, a.ids)
+    np.testing.assert_array_equal(b.labels["label"], a.labels["label"])
+    np.testing.assert_array_equal(b.x[np.arange(len(b))], a.x)
+  with pytest.raises(UserError, match="image_size"):
+    datasets.build(_cfg(root, lazy=True))
+  bad = os.path.join(root, "train", "cat", "000.png")  # Sorted row 0.
+  with open(bad, "wb") as f:
+    f.write(b"not a png")
+  lz = datasets.build(_cfg(root, image_size=8, lazy=True))  # Not read yet.
+  np.testing.assert_array_equal(lz.train.x[np.array([1, 2])],
+                                eager.train.x[1:3])
+  with pytest.raises(UserError, match="000.png"):
+    lz.train.x[np.array([0])]

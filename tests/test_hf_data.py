@@ -161,3 +161,25 @@ def test_multilabel_task_from_boolean_columns(tmp_path):
   with pytest.raises(UserError, match="no field 'nope_\\*'"):
     datasets.build(_cfg(root, input_field="x", tasks={"a": {
         "fields": "nope_*", "kind": "multilabel"}}))
+
+
+@pytest.mark.parametrize("layout", ["disk", "parquet"])
+def test_lazy_reading_matches_memory(tmp_path, layout):
+  """`data.lazy=True`: images stay in the files (Arrow memory-mapped,
+  Parquet row groups) and are decoded per read, equal to the in-memory
+  split; labels and ids as before."""
+  from mtkd.data import lazy
+  root = (_save_to_disk if layout == "disk" else _parquet)(
+      str(tmp_path / layout))
+  eager = datasets.build(_cfg(root))
+  lz = datasets.build(_cfg(root, lazy=True))
+  assert isinstance(lz.train.x, lazy.LazyRows)
+  assert lz.input_shape == eager.input_shape == (8, 8, 3)
+  for a, b in ((eager.train, lz.train), (eager.test, lz.test)):
+    np.testing.assert_array_equal(b.ids, a.ids)
+    for t in a.labels:
+      np.testing.assert_array_equal(b.labels[t], a.labels[t])
+    rows = np.array([5, 0, 11, 5])
+    np.testing.assert_array_equal(b.x[rows], a.x[rows])
+  with pytest.raises(UserError, match="no field 'photo'"):
+    datasets.build(_cfg(root, lazy=True, input_field="photo"))

@@ -21,8 +21,11 @@ import glob
 import json
 import os
 
+import numpy as np
+
 from mtkd.data import fields as fields_lib
 from mtkd.data.datasets import DATASETS, Dataset
+from mtkd.data.lazy import LazyRows
 from mtkd.errors import UserError
 
 SPLITS = ("train", "test")
@@ -58,27 +61,40 @@ def _features(root: str, split: str, fmt: str, table) -> dict:
   return {}
 
 
-def read_split(root: str, split: str):
-  """(pyarrow Table, features metadata) of one split."""
+def read_split(root: str, split: str, skip: str | None = None):
+  """(pyarrow Table, features metadata) of one split; Parquet files without
+  the column `skip` (read per batch instead: `_lazy_inputs`). Arrow files
+  stay memory-mapped (their buffers are the mapped file's pages)."""
   import pyarrow as pa
   import pyarrow.parquet as pq
   fmt, files = _files(root, split)
   if fmt == "arrow":
     tables = []
     for path in files:
-      with pa.memory_map(path) as source:
-        try:
-          tables.append(pa.ipc.open_stream(source).read_all())
-        except pa.ArrowInvalid:
-          tables.append(pa.ipc.open_file(source).read_all())
+      source = pa.memory_map(path)  # Kept open by the table's buffers.
+      try:
+        tables.append(pa.ipc.open_stream(source).read_all())
+      except pa.ArrowInvalid:
+        tables.append(pa.ipc.open_file(source).read_all())
   else:
-    tables = [pq.read_table(path) for path in files]
+    names = pq.read_schema(files[0]).names
+    tables = [pq.read_table(path, columns=[c for c in names if c != skip])
+              for path in files]
   try:
     table = pa.concat_tables(tables)
   except pa.ArrowInvalid as e:
     raise UserError(f"The {split} files in {root!r} have different schemas "
                     f"({e}).") from None
   return table, _features(root, split, fmt, tables[0])
+
+
+def _names(root: str, split: str, table) -> list[str]:
+  """The split's fields (a Parquet table read without its input column
+  still names it)."""
+  import pyarrow.parquet as pq
+  fmt, files = _files(root, split)
+  return table.column_names if fmt == "arrow" else pq.read_schema(
+      files[0]).names
 
 
 def _class_labels(features: dict) -> dict[str, int]:
@@ -93,16 +109,55 @@ def hf(cfg) -> Dataset:
     raise UserError(f"config.data.name='hf' needs --config.data.path=DIR, a "
                     f"directory (got {root!r}). {FIX}")
   names = {s: dict(cfg.get("splits") or {}).get(s, s) for s in SPLITS}
-  tables = {s: read_split(root, names[s]) for s in SPLITS}
-  fields = {s: t.column_names for s, (t, _) in tables.items()}
+  is_lazy = bool(cfg.get("lazy", False))
+  input_field = cfg.get("input_field", "image") or "image"
+  tables = {s: read_split(root, names[s], input_field if is_lazy else None)
+            for s in SPLITS}
+  fields = {s: _names(root, names[s], t) for s, (t, _) in tables.items()}
   if set(fields["train"]) != set(fields["test"]):
     raise UserError(f"{root!r}: train has fields {sorted(fields['train'])}, "
                     f"test {sorted(fields['test'])}; the splits' schemas "
                     "must match.")
   classes = _class_labels(tables["train"][1])
   tasks = fields_lib.task_fields(cfg, classes, fields["train"], repr(root))
-  read = fields_lib.needed(cfg, tasks, fields["train"])
+  read = fields_lib.needed(cfg, tasks, fields["train"], inputs=not is_lazy)
   columns = {s: {f: table.column(f).to_pylist() for f in read}
              for s, (table, _) in tables.items()}
+  lazy_inputs = {s: _lazy_inputs(cfg, root, names[s], table, input_field)
+                 for s, (table, _) in tables.items()} if is_lazy else None
   return fields_lib.assemble(cfg, "hf", columns, classes, tasks,
-                             fields["train"], repr(root))
+                             fields["train"], repr(root), lazy_inputs)
+
+
+def _lazy_inputs(cfg, root: str, split: str, table, field: str) -> LazyRows:
+  """A split's image column as `LazyRows`: rows taken from the memory-
+  mapped Arrow table, or from the Parquet files' row groups that hold
+  them, and decoded (resized to `image_size`) when read."""
+  import pyarrow as pa
+  import pyarrow.dataset as pads
+  fmt, files = _files(root, split)
+  size = int(cfg.get("image_size", 0) or 0)
+  if fmt == "arrow":
+    column = table.column(field)
+
+    def take(rows):
+      return column.take(pa.array(rows)).to_pylist()
+  else:
+    data = pads.dataset(files, format="parquet")
+
+    def take(rows):
+      return data.take(pa.array(rows), columns=[field]).column(
+          field).to_pylist()
+
+  def read(rows: np.ndarray) -> np.ndarray:
+    values = take(np.asarray(rows, np.int64))
+    if not all(isinstance(v, dict) and "bytes" in v for v in values):
+      raise UserError(f"{root!r}: config.data.lazy=True reads encoded image "
+                      f"fields; {field!r} is not one.")
+    return np.stack([fields_lib.decode_one(v, size) for v in values])
+
+  first = read(np.zeros(1, np.int64))[0]
+  identity = (f"hf:{split}:" + repr([(os.path.basename(f), os.path.getsize(f))
+                                     for f in files]) + f":{field}:{size}")
+  return LazyRows(read, first.shape, np.dtype(np.uint8), identity,
+                  np.arange(len(table)))

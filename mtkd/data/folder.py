@@ -16,7 +16,10 @@ the file system lists them in; adding or removing images renumbers them
 
 Unreadable images fail with their path (`config.data.on_corrupt='fail'`,
 the default), or are skipped and counted (`'skip'`). Everything is decoded
-into memory when the dataset is built.
+into memory when the dataset is built, unless `config.data.lazy=True`:
+then images stay on disk and each batch's rows are decoded when a process
+gathers its share (`mtkd.data.lazy`; needs `image_size`; an unreadable
+image fails when it is read).
 """
 
 import os
@@ -24,6 +27,7 @@ import os
 import numpy as np
 
 from mtkd.data.datasets import DATASETS, Dataset, Split
+from mtkd.data.lazy import LazyRows
 from mtkd.errors import UserError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -61,6 +65,39 @@ def _decode(path: str, mode: str, size: int):
       im = im.resize((size, size), Image.BILINEAR)
     x = np.asarray(im, np.uint8)
   return x if x.ndim == 3 else x[..., None]
+
+
+def lazy_split(split_dir: str, class_index: dict[str, int], task: str,
+               mode: str, size: int) -> Split:
+  """The split with its images as `LazyRows`: decoded when read."""
+  paths, classes = list_images(split_dir)
+  for cls in set(classes) - set(class_index):
+    raise UserError(f"{split_dir}/{cls}: a class the train split does not "
+                    "have. Fix: add it to train, or remove it.")
+  if not paths:
+    raise UserError(f"No images under {split_dir}.")
+  full = [os.path.join(split_dir, p) for p in paths]
+
+  def read(rows: np.ndarray) -> np.ndarray:
+    out = []
+    for r in rows:
+      try:
+        out.append(_decode(full[r], mode, size))
+      except (OSError, ValueError) as e:
+        raise UserError(f"Cannot decode image {full[r]} ({type(e).__name__}:"
+                        f" {e}). Fix: replace or delete it (or read the data "
+                        "into memory, config.data.lazy=False, with "
+                        "on_corrupt='skip').") from None
+    return np.stack(out)
+
+  identity = "folder:" + repr([(p, os.path.getsize(f)) for p, f in zip(
+      paths, full, strict=True)]) + f":{mode}:{size}"
+  channels = 1 if mode == "L" else len(mode)
+  x = LazyRows(read, (size, size, channels), np.dtype(np.uint8), identity,
+               np.arange(len(paths)))
+  return Split(x, {task: np.asarray([class_index[c] for c in classes],
+                                    np.int32)},
+               np.arange(len(paths), dtype=np.int64))
 
 
 def load_split(split_dir: str, class_index: dict[str, int], task: str,
@@ -118,6 +155,14 @@ def folder(cfg) -> Dataset:
   task = cfg.get("task", "label") or "label"
   mode, size = cfg.get("mode", "RGB"), int(cfg.get("image_size", 0) or 0)
   splits = {}
+  if cfg.get("lazy", False):
+    if not size or on_corrupt != "fail":
+      raise UserError("config.data.lazy=True reads images per batch: it "
+                      "needs config.data.image_size (their size, unknown "
+                      "until read) and on_corrupt='fail'.")
+    return Dataset("folder", *(lazy_split(os.path.join(root, name), index,
+                                          task, mode, size)
+                               for name in SPLITS), {task: len(names)})
   for name in SPLITS:
     splits[name], skipped = load_split(os.path.join(root, name), index,
                                        task, mode, size, on_corrupt)
