@@ -149,3 +149,15 @@ def test_text_fields_end_to_end_and_vocabulary_checks(tmp_path, run_mtkd):
   c3.student.model.vocab_size = 5
   with pytest.raises(UserError, match="vocab_size=10"):
     run_mtkd(c3, tmp_path / "w3")
+
+
+def test_text_datasets_default_to_their_text_field(tmp_path):
+  """`input_field` left at its default reads `text` when the data has no
+  `image` field."""
+  root = _text_parquet(str(tmp_path / "pq"))
+  cfg = ml_collections.ConfigDict(dict(
+      name="hf", path=root, input_field="image", tokenizer=dict(
+          kind="hf_tokenizers", path=_word_level(tmp_path / "t.json"),
+          max_len=8)))
+  ds = datasets.build(cfg)
+  assert ds.input_shape == (8,) and ds.vocab_size == len(WORDS) + 2

@@ -88,13 +88,18 @@ def read_split(root: str, split: str, skip: str | None = None):
   return table, _features(root, split, fmt, tables[0])
 
 
-def _names(root: str, split: str, table) -> list[str]:
-  """The split's fields (a Parquet table read without its input column
-  still names it)."""
+def _schema_names(root: str, split: str) -> list[str]:
+  """The split's fields, from its first file's schema (nothing read)."""
+  import pyarrow as pa
   import pyarrow.parquet as pq
   fmt, files = _files(root, split)
-  return table.column_names if fmt == "arrow" else pq.read_schema(
-      files[0]).names
+  if fmt == "parquet":
+    return pq.read_schema(files[0]).names
+  source = pa.memory_map(files[0])
+  try:
+    return pa.ipc.open_stream(source).schema.names
+  except pa.ArrowInvalid:
+    return pa.ipc.open_file(source).schema.names
 
 
 def _class_labels(features: dict) -> dict[str, int]:
@@ -110,10 +115,10 @@ def hf(cfg) -> Dataset:
                     f"directory (got {root!r}). {FIX}")
   names = {s: dict(cfg.get("splits") or {}).get(s, s) for s in SPLITS}
   is_lazy = bool(cfg.get("lazy", False))
-  input_field = cfg.get("input_field", "image") or "image"
+  input_field = fields_lib.input_field(cfg, _schema_names(root, names["train"]))
   tables = {s: read_split(root, names[s], input_field if is_lazy else None)
             for s in SPLITS}
-  fields = {s: _names(root, names[s], t) for s, (t, _) in tables.items()}
+  fields = {s: _schema_names(root, names[s]) for s in SPLITS}
   if set(fields["train"]) != set(fields["test"]):
     raise UserError(f"{root!r}: train has fields {sorted(fields['train'])}, "
                     f"test {sorted(fields['test'])}; the splits' schemas "

@@ -1,7 +1,8 @@
 """Columns of on-disk datasets (Hugging Face, TFDS) as an mtkd `Dataset`:
 shared by the sources, so a field means the same thing in each.
 
-- Input (`config.data.input_field`, default `image`): encoded images
+- Input (`config.data.input_field`, default `image`, or `text` for data
+  with a `text` field and no `image` one): encoded images
   (`{bytes, path}` dicts, decoded with Pillow), decoded image arrays, text
   (`str`, or UTF-8 `bytes` as TFDS stores it: token ids of
   `config.data.tokenizer`, PAD = 0) or numeric arrays. Images of several
@@ -112,6 +113,15 @@ def inputs(column: list, field: str, where: str, tokenizer=None,
                     "text nor numeric arrays of one shape.") from None
 
 
+def input_field(cfg, available: Sequence[str]) -> str:
+  """`config.data.input_field`; its default, `image`, reads `text` in a
+  text dataset (a `text` field and no `image` one)."""
+  field = cfg.get("input_field", "image") or "image"
+  if field == "image" and field not in available and "text" in available:
+    return "text"
+  return field
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskField:
   fields: tuple[str, ...]
@@ -148,9 +158,9 @@ def task_fields(cfg, classes: Mapping[str, int], available: Sequence[str],
                       "classification task has one (several 0/1 fields: "
                       "kind='multilabel').")
     out[task] = TaskField(tuple(fields), kind)
-  input_field = cfg.get("input_field", "image") or "image"
-  if input_field not in available:
-    raise UserError(f"{where} has no field {input_field!r}; it has "
+  field = input_field(cfg, available)
+  if field not in available:
+    raise UserError(f"{where} has no field {field!r}; it has "
                     f"{sorted(available)}. Fix config.data.input_field.")
   return out
 
@@ -160,7 +170,7 @@ def needed(cfg, tasks: Mapping[str, TaskField], available,
   """The fields to read: input (unless not `inputs`), labels, and the id
   field if present."""
   id_field = cfg.get("id_field", "id") or "id"
-  out = [cfg.get("input_field", "image") or "image"] if inputs else []
+  out = [input_field(cfg, available)] if inputs else []
   out += [f for t in tasks.values() for f in t.fields]
   if id_field in available:
     out.append(id_field)
@@ -196,9 +206,9 @@ def assemble(cfg, name: str, columns: Mapping[str, Mapping[str, list]],
   """The `Dataset` of per-split `{field: values}` (module docstring);
   `lazy_inputs`: each split's inputs, read on demand (the columns then
   hold no input field)."""
-  input_field = cfg.get("input_field", "image") or "image"
+  field = input_field(cfg, available)
   id_field = cfg.get("id_field", "id") or "id"
-  first = None if lazy_inputs else columns["train"][input_field]
+  first = None if lazy_inputs else columns["train"][field]
   tok = (tokenize.load(cfg.get("tokenizer") or {})
          if first and is_text(first[0]) else None)
   splits = {}
@@ -210,20 +220,20 @@ def assemble(cfg, name: str, columns: Mapping[str, Mapping[str, list]],
       splits[s] = Split(lazy_inputs[s], {t: _labels(cols, f, at, t)
                                          for t, f in tasks.items()}, ids)
       continue
-    decoded = decode_images(cols[input_field], input_field, at,
+    decoded = decode_images(cols[field], field, at,
                             cfg.get("on_corrupt", "fail"))
     if decoded is not None:
       keep = [x is not None for x in decoded]
-      cols = dict(cols, **{input_field: decoded})
+      cols = dict(cols, **{field: decoded})
       if not all(keep):
         print(f"mtkd: warning: {at}: skipped {keep.count(False)} "
               f"undecodable image(s) of {len(keep)} (config.data."
               "on_corrupt='skip').", flush=True)
         if not any(keep):
-          raise UserError(f"{at}: no decodable images in {input_field!r}.")
+          raise UserError(f"{at}: no decodable images in {field!r}.")
         cols = {f: [v for v, k in zip(vals, keep, strict=True) if k]
                 for f, vals in cols.items()}
-    x = inputs(cols[input_field], input_field, at, tok,
+    x = inputs(cols[field], field, at, tok,
                int(cfg.get("image_size", 0) or 0))
     labels = {t: _labels(cols, f, at, t) for t, f in tasks.items()}
     splits[s] = Split(x, labels, _ids(cols.get(id_field), len(x),

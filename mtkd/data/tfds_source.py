@@ -116,7 +116,7 @@ def _lazy_images(cfg, src, features, name: str, split: str) -> LazyRows:
   """The split's images as `LazyRows` over an undecoding TFDS source:
   decoded (and resized to `image_size`) with Pillow as rows are read."""
   import tensorflow_datasets as tfds
-  field = cfg.get("input_field", "image") or "image"
+  field = fields_lib.input_field(cfg, list(features))
   f = features.get(field)
   if not isinstance(f, tfds.features.Image):
     raise UserError(f"config.data.lazy=True reads image fields; {field!r} "
