@@ -51,12 +51,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.sampling = args["sampling"]
   c.data.sampling_temperature = 2.0
   c.teacher.kind = "single"
-  c.teacher.model = dict(name="text_cnn", vocab_size=vocab, embed_dim=128,
-                         channels=256, hidden=256)
+  w = 1 / 16 if args["smoke"] else 1  # Smoke: 16x narrower models.
+  c.teacher.model = dict(name="text_cnn", vocab_size=vocab,
+                         embed_dim=int(128 * w), channels=int(256 * w),
+                         hidden=int(256 * w))
   c.student.model = dict(name="bag_of_embeddings", vocab_size=vocab,
-                         embed_dim=64, hidden=128)
+                         embed_dim=int(64 * w), hidden=int(128 * w))
   for part in ("teacher", "student"):
-    c[part].steps, c[part].batch_size = args["steps"], 32
+    c[part].steps = 30 if args["smoke"] else args["steps"]
+    c[part].batch_size = 32
     c[part].optimizer = defaults.optimizer("adam", 1e-3)
   c.student.stages = {"student": dict(objective="anneal")}
   c.anneal.schedule = "linear"
@@ -64,10 +67,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.standin = "glue"
     for s in c.data.sources.values():
       s.splits.test = "test"
-    c.teacher.model = dict(name="text_cnn", vocab_size=vocab, embed_dim=8,
-                           channels=16, hidden=16)
-    c.student.model = dict(name="bag_of_embeddings", vocab_size=vocab,
-                           embed_dim=8, hidden=16)
-    for part in ("teacher", "student"):
-      c[part].steps, c[part].batch_size = 30, 32
   return c

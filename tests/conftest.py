@@ -82,6 +82,23 @@ def run_mtkd():
 
 
 @pytest.fixture
+def tiny_run_config():
+  """`tiny_run_config(**data)`: the quickstart smoke config on `data`
+  (config.data overrides), 10 teacher and student steps, MLP models of 16
+  units: a data source's end-to-end run in seconds."""
+  from configs import quickstart
+
+  def make(**data):
+    c = quickstart.get_config("smoke")
+    for k, v in data.items():
+      c.data[k] = v
+    c.teacher.steps = c.student.steps = 10
+    c.teacher.model = c.student.model = dict(name="mlp", hidden=(16,))
+    return c
+  return make
+
+
+@pytest.fixture
 def resumes_exactly(run_mtkd):
   """`resumes_exactly(config, workdir)` on a finished run: drops the
   student's last checkpoint and the results, runs again, and checks the

@@ -105,14 +105,10 @@ def test_tasks_ids_and_errors(tmp_path):
     datasets.build(_cfg(root))
 
 
-def test_hf_pipeline_end_to_end(tmp_path, run_mtkd):
-  from configs import quickstart
+def test_hf_pipeline_end_to_end(tmp_path, run_mtkd, tiny_run_config):
   root = _parquet(str(tmp_path / "pq"), counts=(96, 32))
-  c = quickstart.get_config("smoke")
-  c.data.name, c.data.path, c.data.input_field = "hf", root, "img"
-  c.data.num_labeled = 48
-  c.teacher.steps = c.student.steps = 10
-  c.teacher.model = c.student.model = dict(name="mlp", hidden=(16,))
+  c = tiny_run_config(name="hf", path=root, input_field="img",
+                      num_labeled=48)
   results = run_mtkd(c, tmp_path / "w")
   assert set(results) == {"fine_label", "coarse_label"}
   for task in results:

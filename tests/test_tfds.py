@@ -96,13 +96,10 @@ def test_tasks_and_errors(data_dir):
     datasets.build(_cfg(data_dir, tfds_name=""))
 
 
-def test_tfds_pipeline_end_to_end(data_dir, tmp_path, run_mtkd):
-  from configs import quickstart
-  c = quickstart.get_config("smoke")
-  c.data.name, c.data.tfds_name, c.data.dir = "tfds", "mtkd_tiny_cifar", data_dir
-  c.data.num_labeled = 48
-  c.teacher.steps = c.student.steps = 10
-  c.teacher.model = c.student.model = dict(name="mlp", hidden=(16,))
+def test_tfds_pipeline_end_to_end(data_dir, tmp_path, run_mtkd,
+                                  tiny_run_config):
+  c = tiny_run_config(name="tfds", tfds_name="mtkd_tiny_cifar", dir=data_dir,
+                      num_labeled=48)
   results = run_mtkd(c, tmp_path / "w")
   assert set(results) == {"label", "coarse_label"}
   for task in results:
@@ -138,15 +135,10 @@ def test_lazy_reading_matches_memory_and_reads_only_this_process_rows(
 
 
 def test_lazy_pipeline_gives_the_in_memory_results(data_dir, tmp_path,
-                                                    run_mtkd):
-  from configs import quickstart
+                                                    run_mtkd, tiny_run_config):
   results = []
   for lazy_read in (False, True):
-    c = quickstart.get_config("smoke")
-    c.data.name, c.data.tfds_name, c.data.dir = ("tfds", "mtkd_tiny_cifar",
-                                                 data_dir)
-    c.data.lazy, c.data.num_labeled = lazy_read, 48
-    c.teacher.steps = c.student.steps = 10
-    c.teacher.model = c.student.model = dict(name="mlp", hidden=(16,))
+    c = tiny_run_config(name="tfds", tfds_name="mtkd_tiny_cifar",
+                        dir=data_dir, lazy=lazy_read, num_labeled=48)
     results.append(run_mtkd(c, tmp_path / f"w{lazy_read}"))
   assert results[0] == results[1]
