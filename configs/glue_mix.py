@@ -1,12 +1,14 @@
 """GLUE-style multi-dataset text KD (BAM!): one teacher per dataset, one
 multi-task student over the mixed datasets.
 
-Sources: the single-sentence GLUE tasks SST-2 (sentiment) and CoLA
-(acceptability), each a Hugging Face `save_to_disk` folder, mixed with
-`config.data.name='mix'` (each example labelled for its own task, -1
-elsewhere; ids source << 40 | idx). GLUE hides its test labels, so the
-validation split is the test split. One tokenizer for both (a local
-`tokenizer.json`). Teachers: a text CNN per task; student: a bag of
+Sources: GLUE's SST-2 (sentiment) and CoLA (acceptability), single
+sentences, and MRPC (paraphrase), RTE (entailment) and QNLI (question
+answering), sentence pairs (`config.data.pair_field`: encoded by the
+tokenizer's pair template, [CLS] a [SEP] b [SEP] for BERT's), each a
+Hugging Face `save_to_disk` folder, mixed with `config.data.name='mix'`
+(each example labelled for its own task, -1 elsewhere; ids source << 40
+| idx). GLUE hides its test labels, so the validation split is the test
+split. One tokenizer for all (a local `tokenizer.json`). Teachers: a text CNN per task; student: a bag of
 embeddings with a head per task, trained with BAM!'s teacher annealing
 (targets move from the teacher's distribution to the label). arg
 `sampling`: proportional (BAM!, MT-DNN), uniform or temperature (T = 2).
@@ -14,12 +16,13 @@ arg `vocab_size`: the tokenizer's size + 1 (PAD); mtkd refuses a smaller
 one. Paper: Clark et al. 2019, 'BAM! Born-Again Multi-Task Networks'.
 
 Data, on a machine with internet (then copy DIR here):
-  for t in sst2 cola: datasets.load_dataset("glue", t).save_to_disk(f"DIR/{t}")
+  for t in sst2 cola mrpc rte qnli: datasets.load_dataset("glue", t).save_to_disk(f"DIR/{t}")
   AutoTokenizer.from_pretrained("bert-base-uncased").backend_tokenizer.save("DIR/tokenizer.json")
 Reproduce:
   python -m mtkd.main --config=configs/glue_mix.py:dir=DIR --workdir=workdirs/glue_mix
-Smoke run (CI; generated sentences in GLUE's Parquet schema and a
-word-level tokenizer, read through the real 'hf' + 'mix' sources):
+Smoke run (CI; SST-2, CoLA and MRPC stand-ins: generated sentences in
+GLUE's Parquet schema and a word-level tokenizer with a pair template,
+read through the real 'hf' + 'mix' sources):
   python -m mtkd.main --config=configs/glue_mix.py:smoke --workdir=/tmp/glue_mix
 """
 
@@ -31,23 +34,29 @@ from mtkd import defaults
 from mtkd.configs_util import parse_arg
 from mtkd.data import standin
 
-TASKS = ("sst2", "cola")
+# task -> (input field, pair field).
+TASKS = {"sst2": ("sentence", ""), "cola": ("sentence", ""),
+         "mrpc": ("sentence1", "sentence2"), "rte": ("sentence1", "sentence2"),
+         "qnli": ("question", "sentence")}
+SMOKE_TASKS = ("sst2", "cola", "mrpc")  # What mtkd/data/standin.py writes.
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = parse_arg(arg, smoke=False, dir="~/glue", vocab_size=30523,
                    max_len=64, sampling="proportional", steps=20000)
   root = standin.path("glue") if args["smoke"] else args["dir"]
-  vocab = len(standin.WORDS) + 2 if args["smoke"] else args["vocab_size"]
+  vocab = (standin.GLUE_TOKENIZER_SIZE + 1 if args["smoke"] else
+           args["vocab_size"])
   c = defaults.base_config()
   tokenizer = dict(kind="hf_tokenizers", max_len=args["max_len"],
                    path=os.path.join(root, "tokenizer.json"))
   c.data.name, c.data.num_labeled, c.data.transfer_set = "mix", -1, False
+  tasks = SMOKE_TASKS if args["smoke"] else tuple(TASKS)
   c.data.sources = {t: dict(
-      name="hf", path=os.path.join(root, t), input_field="sentence",
-      id_field="idx", tasks={t: "label"}, tokenizer=tokenizer,
-      splits=dict(train="train", test="validation"))
-      for t in TASKS}
+      name="hf", path=os.path.join(root, t), input_field=TASKS[t][0],
+      pair_field=TASKS[t][1], id_field="idx", tasks={t: "label"},
+      tokenizer=tokenizer, splits=dict(train="train", test="validation"))
+      for t in tasks}
   c.data.sampling = args["sampling"]
   c.data.sampling_temperature = 2.0
   c.teacher.kind = "single"

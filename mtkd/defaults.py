@@ -102,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
       # field, the id field (row index when absent), {task: label field}
       # (empty: every ClassLabel field).
       input_field="image",
+      pair_field="",      # A second text field: inputs are text pairs.
       id_field="id",
       tasks={},
       # Text input fields: a local tokenizer file (mtkd/data/tokenize.py):

@@ -143,15 +143,16 @@ def test_mixed_text_datasets_two_processes_match_one(tmp_path, run_mtkd,
           "--config.teacher.steps=10", "--config.student.steps=10"]
   c = load_config(os.path.join(ROOT, "configs", "glue_mix.py"), "smoke")
   c.teacher.steps = c.student.steps = 10
-  c.cache.shard_size = 256  # 4 train shards: both processes write.
+  c.cache.shard_size = 256  # 6 train shards: both processes write.
   reference = run_mtkd(c, tmp_path / "one", devices=4)
   _finish(_two(tmp_path / "two", base=base))
-  for task in ("sst2", "cola"):
+  for task in ("sst2", "cola", "mrpc"):
     for split in ("train", "test"):
       ids = [np.concatenate([np.load(p) for p in sorted(
           (tmp_path / w / "cache" / task / split).glob("*/ids.npy"))])
              for w in ("one", "two")]
       assert len(ids[0]) and np.array_equal(*ids), (task, split)
+  # 3 x 512 mixed training rows in shards of 256: both processes wrote.
   assert len(list((tmp_path / "two" / "cache" / "sst2" / "train").glob(
-      "shard-*"))) == 4
+      "shard-*"))) == 6
   _assert_match(tmp_path / "two" / "results.json", reference)

@@ -53,7 +53,7 @@ def test_cifar100_standin_has_the_schema_and_learnable_labels():
 @pytest.mark.parametrize("name,arg,tasks", [
     ("cifar100_mtl", "smoke", {"fine", "coarse"}),
     ("celeba", "smoke", {"attributes"}),
-    ("glue_mix", "smoke", {"sst2", "cola"}),
+    ("glue_mix", "smoke", {"sst2", "cola", "mrpc"}),
 ])
 def test_dataset_config_smoke_runs(name, arg, tasks, tmp_path, run_mtkd):
   results = run_mtkd(_smoke(name, arg), tmp_path / "w")

@@ -161,3 +161,36 @@ def test_text_datasets_default_to_their_text_field(tmp_path):
           max_len=8)))
   ds = datasets.build(cfg)
   assert ds.input_shape == (8,) and ds.vocab_size == len(WORDS) + 2
+
+
+def test_text_pairs_use_the_pair_template_and_cut_longest_first(tmp_path):
+  import tokenizers
+  from tokenizers import processors
+  path = _word_level(tmp_path / "t.json", WORDS + ["[SEP]"])
+  tok = tokenizers.Tokenizer.from_file(path)
+  sep = tok.token_to_id("[SEP]")  # 9: [UNK] 0, WORDS 1..8.
+  tok.post_processor = processors.TemplateProcessing(
+      single="$A", pair="$A [SEP] $B", special_tokens=[("[SEP]", sep)])
+  tok.save(path)
+  t = tokenize.load(_cfg("hf_tokenizers", path, 6))
+  ids, mask = t.encode(["good film", "very very very very bad"],
+                       ["bad plot", "fun"])
+  # good film [SEP] bad plot, shifted past PAD; the second pair is 7 tokens
+  # long: its longer text loses its last token ("bad").
+  np.testing.assert_array_equal(ids, [[2, 6, 10, 3, 7, 0],
+                                      [8, 8, 8, 8, 10, 4]])
+  np.testing.assert_array_equal(mask, ids != 0)
+
+
+def test_sentencepiece_pairs_are_joined_by_its_end_id(tmp_path):
+  import sentencepiece as spm
+  path = _sentencepiece(tmp_path / "sp.model")
+  sp = spm.SentencePieceProcessor(model_file=path)
+  t = tokenize.load(_cfg("sentencepiece", path, 64))
+  ids, _ = t.encode(["good film"], ["bad plot"])
+  want = sp.EncodeAsIds("good film") + [sp.eos_id()] + sp.EncodeAsIds(
+      "bad plot")
+  assert ids[0][ids[0] != 0].tolist() == [i + 1 for i in want]
+  short = tokenize.load(_cfg("sentencepiece", path, 5))
+  ids, _ = short.encode(["good film very dull plot"], ["fun"])
+  assert (ids[0] != 0).sum() == 5  # Cut longest-first to max_len.

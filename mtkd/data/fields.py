@@ -5,7 +5,8 @@ shared by the sources, so a field means the same thing in each.
   with a `text` field and no `image` one): encoded images
   (`{bytes, path}` dicts, decoded with Pillow), decoded image arrays, text
   (`str`, or UTF-8 `bytes` as TFDS stores it: token ids of
-  `config.data.tokenizer`, PAD = 0) or numeric arrays. Images of several
+  `config.data.tokenizer`, PAD = 0; with `config.data.pair_field`, text
+  pairs such as GLUE's sentence1 / sentence2) or numeric arrays. Images of several
   sizes need `config.data.image_size` = S: each resized to S x S
   (bilinear, as the 'folder' source).
 - Tasks (`config.data.tasks`, default: every class-label field, each a
@@ -82,17 +83,22 @@ def _resize(x: np.ndarray, size: int) -> np.ndarray:
   return out if out.ndim == 3 else out[..., None]
 
 
+def _texts(column: list, field: str, where: str) -> list[str]:
+  if not all(is_text(t) for t in column):
+    raise UserError(f"{where}: field {field!r} mixes text with other "
+                    "values (or nulls).")
+  return [t.decode("utf-8") if isinstance(t, bytes) else t for t in column]
+
+
 def inputs(column: list, field: str, where: str, tokenizer=None,
-           image_size: int = 0) -> np.ndarray:
+           image_size: int = 0, pairs: list | None = None) -> np.ndarray:
   """The input array of one split's `column` (module docstring); images
-  resized to `image_size` x `image_size` (bilinear) when it is > 0."""
+  resized to `image_size` x `image_size` (bilinear) when it is > 0; text
+  with `pairs` (the pair field's column) encoded as text pairs."""
   first = column[0]
   if is_text(first):
-    if not all(is_text(t) for t in column):
-      raise UserError(f"{where}: field {field!r} mixes text with other "
-                      "values (or nulls).")
-    return tokenizer.encode([t.decode("utf-8") if isinstance(t, bytes)
-                             else t for t in column])[0]
+    return tokenizer.encode(_texts(column, field, where), None if pairs is None
+                            else _texts(pairs, "pair_field", where))[0]
   if isinstance(first, dict) and "bytes" in first:
     column = [_decode(item) for item in column]  # (`assemble` decoded.)
     first = column[0]
@@ -158,10 +164,11 @@ def task_fields(cfg, classes: Mapping[str, int], available: Sequence[str],
                       "classification task has one (several 0/1 fields: "
                       "kind='multilabel').")
     out[task] = TaskField(tuple(fields), kind)
-  field = input_field(cfg, available)
-  if field not in available:
-    raise UserError(f"{where} has no field {field!r}; it has "
-                    f"{sorted(available)}. Fix config.data.input_field.")
+  for key, field in (("input_field", input_field(cfg, available)),
+                     ("pair_field", cfg.get("pair_field", ""))):
+    if field and field not in available:
+      raise UserError(f"{where} has no field {field!r}; it has "
+                      f"{sorted(available)}. Fix config.data.{key}.")
   return out
 
 
@@ -171,6 +178,8 @@ def needed(cfg, tasks: Mapping[str, TaskField], available,
   field if present."""
   id_field = cfg.get("id_field", "id") or "id"
   out = [input_field(cfg, available)] if inputs else []
+  if inputs and cfg.get("pair_field", ""):
+    out.append(cfg.pair_field)
   out += [f for t in tasks.values() for f in t.fields]
   if id_field in available:
     out.append(id_field)
@@ -233,8 +242,13 @@ def assemble(cfg, name: str, columns: Mapping[str, Mapping[str, list]],
           raise UserError(f"{at}: no decodable images in {field!r}.")
         cols = {f: [v for v, k in zip(vals, keep, strict=True) if k]
                 for f, vals in cols.items()}
+    pair = cfg.get("pair_field", "")
+    if pair and tok is None:
+      raise UserError(f"{at}: config.data.pair_field={pair!r} pairs text "
+                      f"fields; {field!r} is not text.")
     x = inputs(cols[field], field, at, tok,
-               int(cfg.get("image_size", 0) or 0))
+               int(cfg.get("image_size", 0) or 0),
+               cols[pair] if pair else None)
     labels = {t: _labels(cols, f, at, t) for t, f in tasks.items()}
     splits[s] = Split(x, labels, _ids(cols.get(id_field), len(x),
                                       id_field if id_field in available

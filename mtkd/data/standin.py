@@ -11,8 +11,9 @@ through the real source, so CI exercises the real code path.
   celeb_a   TFDS `mtkd_standin_celeb_a`: `image` 36x30x3 (CelebA's aspect),
             `attributes` (CelebA's 40 boolean attributes, nested)
   glue      Hugging Face Parquet in GLUE's layout, `sst2/` and `cola/`
-            (`sentence`, `label` ClassLabel, `idx`), plus a word-level
-            `tokenizer.json`
+            (`sentence`, `label` ClassLabel, `idx`) and the sentence-pair
+            `mrpc/` (`sentence1`, `sentence2`, ...), plus a word-level
+            `tokenizer.json` whose pair template is `a [SEP] b`
 
 Labels are learnable functions of the inputs (so a smoke run's teacher
 beats chance). Everything is a pure function of the kind: files are
@@ -32,7 +33,7 @@ import numpy as np
 
 from mtkd.errors import UserError
 
-VERSION = 1  # Bump when a generator changes: old folders are not reused.
+VERSION = 2  # Bump when a generator changes: old folders are not reused.
 CELEBA_ATTRIBUTES = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes",
     "Bald", "Bangs", "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair",
@@ -46,6 +47,7 @@ CELEBA_ATTRIBUTES = (
 WORDS = ("the", "a", "film", "plot", "cast", "story", "good", "bad", "great",
          "dull", "fun", "boring", "very", "not", "is", "was", "and", "but")
 SIZES = {"train": 512, "test": 128}
+GLUE_TOKENIZER_SIZE = len(WORDS) + 2  # [UNK], the words, [SEP].
 
 
 def path(kind: str) -> str:
@@ -134,9 +136,16 @@ def _write_tfds(kind: str, out: str) -> None:
 
 
 def _sentences(split: str, task: str):
-  rng = np.random.default_rng([SIZES[split], {"sst2": 1, "cola": 2}[task]])
+  rng = np.random.default_rng([SIZES[split], {"sst2": 1, "cola": 2,
+                                              "mrpc": 3}[task]])
   for i in range(SIZES[split]):
     words = list(rng.choice(WORDS, int(rng.integers(3, 10))))
+    if task == "mrpc":  # Paraphrase: the same words, reordered.
+      label = int(rng.random() < 0.5)
+      other = (list(rng.permutation(words)) if label else
+               list(rng.choice(WORDS, int(rng.integers(3, 10)))))
+      yield i, (" ".join(words), " ".join(other)), label
+      continue
     if task == "sst2":  # Positive: more praise than blame.
       praise = sum(w in ("good", "great", "fun") for w in words)
       blame = sum(w in ("bad", "dull", "boring") for w in words)
@@ -150,24 +159,34 @@ def _sentences(split: str, task: str):
 def _write_glue(out: str) -> None:
   import pyarrow as pa
   import pyarrow.parquet as pq
-  from tokenizers import Tokenizer, models, pre_tokenizers
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors
   names = {"sst2": ["negative", "positive"],
-           "cola": ["unacceptable", "acceptable"]}
+           "cola": ["unacceptable", "acceptable"],
+           "mrpc": ["not_equivalent", "equivalent"]}
+  text = {"_type": "Value", "dtype": "string"}
   for task, classes in names.items():
     os.makedirs(os.path.join(out, task))
+    fields = ["sentence"] if task != "mrpc" else ["sentence1", "sentence2"]
     meta = {b"huggingface": json.dumps({"info": {"features": {
-        "sentence": {"_type": "Value", "dtype": "string"},
+        **{f: text for f in fields},
         "label": {"_type": "ClassLabel", "names": classes},
         "idx": {"_type": "Value", "dtype": "int32"}}}})}
     for split in SIZES:
-      idx, text, label = zip(*_sentences(split, task), strict=True)
-      table = pa.table({"sentence": list(text), "label": list(label),
+      idx, texts, label = zip(*_sentences(split, task), strict=True)
+      cols = ({"sentence": list(texts)} if task != "mrpc" else
+              {"sentence1": [a for a, _ in texts],
+               "sentence2": [b for _, b in texts]})
+      table = pa.table({**cols, "label": list(label),
                         "idx": np.asarray(idx, np.int32)})
       pq.write_table(table.replace_schema_metadata(meta),
                      os.path.join(out, task, f"{split}.parquet"))
-  vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(WORDS)}}
+  vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(WORDS)},
+           "[SEP]": len(WORDS) + 1}
   tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.post_processor = processors.TemplateProcessing(
+      single="$A", pair="$A [SEP] $B", special_tokens=[
+          ("[SEP]", len(WORDS) + 1)])
   tok.save(os.path.join(out, "tokenizer.json"))
 
 

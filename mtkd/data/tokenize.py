@@ -4,11 +4,15 @@
   kind  'hf_tokenizers': a Hugging Face `tokenizer.json` (the `tokenizers`
         package); 'sentencepiece': a SentencePiece `.model` file.
   path  the local file (nothing is downloaded).
-  max_len  tokens kept per text (longer texts are truncated at the end).
+  max_len  tokens kept per text (longer texts are truncated at the end;
+           a text pair is cut longest-first, as `tokenizers` does).
 
 Ids follow mtkd's text convention (mtkd/models/text.py): 0 is PAD, so the
 tokenizer's id t becomes t + 1 and `vocab_size` is the tokenizer's size + 1.
-The mask is `ids != 0`. The vocabulary fingerprint is the hash of the file's
+The mask is `ids != 0`. Text pairs (GLUE's sentence1 / sentence2) are
+encoded by the tokenizer's own pair template (`tokenizer.json`'s
+post-processor, e.g. BERT's [CLS] a [SEP] b [SEP]); SentencePiece, which
+has none, joins them with its end-of-sentence id when it has one. The vocabulary fingerprint is the hash of the file's
 bytes with its kind: caches record it, so a teacher cache written with one
 tokenizer is refused under another (token ids would not line up).
 """
@@ -24,7 +28,8 @@ from mtkd.errors import UserError
 from mtkd.registry import Registry
 
 PAD = 0
-# kind -> loader(path) -> (encode texts -> id lists, tokenizer size).
+# kind -> loader(path) -> (encode(texts, pairs | None, max_len) -> id lists,
+# tokenizer size).
 TOKENIZERS: Registry[Callable[[str], tuple[Callable, int]]] = Registry(
     "tokenizer")
 
@@ -36,13 +41,15 @@ class Tokenizer:
   max_len: int
   vocab_size: int  # Table size, PAD included.
   fingerprint: str
-  _encode: Callable[[Sequence[str]], list[list[int]]]
+  _encode: Callable[..., list[list[int]]]
 
-  def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(int32 ids [N, max_len], bool mask [N, max_len]): truncated, then
-    right-padded with PAD."""
+  def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 ids [N, max_len], bool mask [N, max_len]) of the texts (or
+    text pairs): truncated, then right-padded with PAD."""
     out = np.zeros((len(texts), self.max_len), np.int32)
-    for i, ids in enumerate(self._encode(list(texts))):
+    pairs = None if pairs is None else list(pairs)
+    for i, ids in enumerate(self._encode(list(texts), pairs, self.max_len)):
       ids = ids[:self.max_len]
       out[i, :len(ids)] = np.asarray(ids, np.int64) + 1
     return out, out != PAD
@@ -57,9 +64,12 @@ def _hf(path: str):
     raise UserError(f"{path!r} is not a Hugging Face tokenizer.json file "
                     f"({e}).") from None
   tok.no_padding()
-  tok.no_truncation()
-  return (lambda texts: [e.ids for e in tok.encode_batch(texts)],
-          tok.get_vocab_size())
+
+  def encode(texts, pairs, max_len):
+    tok.enable_truncation(max_len, strategy="longest_first")
+    inputs = texts if pairs is None else list(zip(texts, pairs, strict=True))
+    return [e.ids for e in tok.encode_batch(inputs)]
+  return encode, tok.get_vocab_size()
 
 
 @TOKENIZERS.register("sentencepiece")
@@ -71,7 +81,19 @@ def _sentencepiece(path: str):
   except (OSError, RuntimeError) as e:
     raise UserError(f"{path!r} is not a SentencePiece model file "
                     f"({e}).") from None
-  return (lambda texts: sp.EncodeAsIds(texts), sp.GetPieceSize())
+  sep = [sp.eos_id()] if sp.eos_id() >= 0 else []
+
+  def encode(texts, pairs, max_len):
+    if pairs is None:
+      return sp.EncodeAsIds(texts)
+    out = []
+    for a, b in zip(sp.EncodeAsIds(texts), sp.EncodeAsIds(pairs),
+                    strict=True):
+      while len(a) + len(b) + len(sep) > max_len and (a or b):
+        a, b = (a[:-1], b) if len(a) >= len(b) else (a, b[:-1])
+      out.append(a + sep + b)
+    return out
+  return encode, sp.GetPieceSize()
 
 
 def load(cfg) -> Tokenizer:
