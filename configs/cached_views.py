@@ -6,7 +6,9 @@ example (the student's own augmentation, a pure function of
 replays one cached view per draw, so its soft targets are the teachers'
 outputs on exactly its input (configs/online_teacher.py without the teacher
 in the step). arg `views=K` (default 8); `mixup`: each view mixes the
-example's view with a partner's (function matching from a cache).
+example's view with a partner's (function matching from a cache). Views
+rendered on the host instead (or as well): set
+config.student.host_augment (e.g. pad_crop, resized_crop, randaugment).
 
 Paper: Beyer et al. 2022, 'Knowledge distillation: A good teacher is
 patient and consistent' (fixed views). Measured against the fixed cache and
