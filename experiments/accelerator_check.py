@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 from absl import app, flags, logging
 
 REQUIRED = ("numpy", "jax", "flax", "optax", "orbax.checkpoint",
-            "ml_collections", "grain", "tensorboardX", "sklearn")
+            "ml_collections", "grain", "tensorboardX", "sklearn", "PIL")
 VERSIONS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
             "ml-collections", "numpy")
 # Dense bf16 peak TFLOP/s; the first matching substring of device_kind wins.
@@ -504,6 +504,33 @@ def loop_benchmarks(tiny: bool, workdir: str, deadline: float) -> dict:
   return {"rows": rows, "skipped": skipped}
 
 
+# ------------------------------------------------------------- host input
+
+
+def host_input(tiny: bool, deadline: float) -> dict:
+  """Decode + host augmentation in Grain's threads on this host's cores:
+  how many a device step rate needs (issue: the input is never the
+  bottleneck). Rates per thread count; `per_thread` at the largest."""
+  from experiments.bench_host_input import AUGMENTS, worker_decode_rate
+  cores = os.cpu_count() or 1
+  threads = sorted({1, max(1, cores // 2), cores}) if not tiny else [1, 2]
+  cases = ((32, "PNG", "pad-crop 4 + flip", 128),
+           (224, "JPEG", "resized crop + flip + RandAugment(2, 9)", 32))
+  rows, skipped = [], []
+  for size, fmt, augment, batch in cases:
+    for t in threads:
+      if time.monotonic() > deadline:
+        skipped.append(f"host input {size}px, {t} threads: time budget")
+        continue
+      n = 64 if tiny else 2048 if size == 32 else 512
+      rate = worker_decode_rate(size, fmt, AUGMENTS[augment], n,
+                                8 if tiny else batch, 2 if tiny else 40, t)
+      rows.append({"images": f"{size}x{size} {fmt}", "augment": augment,
+                   "threads": t, "images_per_s": rate,
+                   "per_thread": rate / t})
+  return {"rows": rows, "skipped": skipped, "cores": cores}
+
+
 # ----------------------------------------------------------------- output
 
 
@@ -533,8 +560,16 @@ def markdown(report: dict) -> str:
   keys = ("model", "dtype", "batch", "prefetch_to_device", "loop_ms_per_step",
           "device_step_ms", "idle_percent")
   lines += [table(list(keys), [[_fmt(r[k], 2) for k in keys]
-                               for r in report["loop"]["rows"]])]
-  skipped = report["steps"]["skipped"] + report["loop"]["skipped"]
+                               for r in report["loop"]["rows"]]), ""]
+  host = report.get("host_input", {"rows": [], "skipped": []})
+  keys = ("images", "augment", "threads", "images_per_s", "per_thread")
+  lines += [f"Host input (decode + augmentation in Grain's threads, "
+            f"{host.get('cores')} cores; threads needed for a device rate R "
+            "= R / per_thread):", "",
+            table(list(keys), [[_fmt(r[k]) for k in keys]
+                               for r in host["rows"]])]
+  skipped = (report["steps"]["skipped"] + report["loop"]["skipped"]
+             + host["skipped"])
   if skipped:
     lines += ["", "Skipped: " + "; ".join(skipped) + "."]
   return "\n".join(lines) + "\n"
@@ -569,6 +604,7 @@ def main(argv: Sequence[str]) -> None:
     report["steps"] = step_benchmarks(
         _TINY.value, report["environment"]["peak_bf16_tflops"], deadline)
     report["loop"] = loop_benchmarks(_TINY.value, work, deadline)
+    report["host_input"] = host_input(_TINY.value, deadline)
   report["wall_s"] = round(time.monotonic() - start, 1)
   with open(os.path.join(_OUT.value, "accelerator_check.json"), "w") as f:
     json.dump(report, f, indent=1)

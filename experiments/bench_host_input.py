@@ -92,12 +92,26 @@ def _rate(fn, images: int) -> float:
   return images / (time.perf_counter() - t)
 
 
-def _stream_rate(ds, batches: int, batch: int, repeats: int = 3) -> float:
-  """Best of `repeats` reads of `batches` batches (fresh ones each time)."""
-  list(streams.iterate(ds, 0, 2))  # Warm up the threads.
+def _stream_rate(ds, batches: int, batch: int, repeats: int = 3,
+                 threads: int = 2) -> float:
+  """Best of `repeats` reads of `batches` batches (fresh ones each time)
+  with `threads` Grain threads."""
+  list(streams.iterate(ds, 0, 2, num_threads=threads))  # Warm up.
   return max(_rate(lambda r=r: list(streams.iterate(
-      ds, 2 + r * batches, 2 + (r + 1) * batches)), batches * batch)
-             for r in range(repeats))
+      ds, 2 + r * batches, 2 + (r + 1) * batches, num_threads=threads)),
+      batches * batch) for r in range(repeats))
+
+
+def worker_decode_rate(size: int, fmt: str, augment: dict, n: int,
+                       batch: int, batches: int, threads: int) -> float:
+  """Images/s of decode + host augmentation in the stream's map, over `n`
+  random images encoded as `fmt` (the accelerator check's host row)."""
+  x = np.random.default_rng(0).integers(0, 256, (n, size, size, 3),
+                                        dtype=np.uint8)
+  host = host_augment.make(ml_collections.ConfigDict(augment))
+  ds = grain.MapDataset.range(2**62).map(_DecodeGather(
+      _encode(x, fmt), np.arange(n), batch, host))
+  return _stream_rate(ds, batches, batch, threads=threads)
 
 
 def _step_rate(name: str, shape, batch: int, steps: int) -> float:

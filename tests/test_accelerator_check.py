@@ -40,8 +40,14 @@ def test_tiny_run_checks_and_measures_everything(tmp_path):
   loop = report["loop"]["rows"]
   assert sorted(r["prefetch_to_device"] for r in loop) == [0, 2]
   assert all(0 <= r["idle_percent"] <= 100 for r in loop)
+  host = report["host_input"]["rows"]
+  assert {(r["images"], r["threads"]) for r in host} == {
+      (f"{s}x{s} {f}", t) for s, f in ((32, "PNG"), (224, "JPEG"))
+      for t in (1, 2)}
+  assert all(r["images_per_s"] > 0 for r in host)
   text = (tmp_path / "accelerator_check.md").read_text()
   assert "| quickstart_mlp |" in text and "idle_percent" in text
+  assert "Host input" in text and "| 224x224 JPEG |" in text
 
 
 def test_missing_dependency_is_named_before_anything_runs(tmp_path):
