@@ -2,8 +2,9 @@
 multi-task student over the mixed datasets.
 
 Sources: GLUE's SST-2 (sentiment) and CoLA (acceptability), single
-sentences, and MRPC (paraphrase), RTE (entailment) and QNLI (question
-answering), sentence pairs (`config.data.pair_field`: encoded by the
+sentences, and MRPC and QQP (paraphrase), RTE and MNLI (entailment; MNLI's
+test split is validation_matched) and QNLI (question answering), sentence
+pairs (`config.data.pair_field`: encoded by the
 tokenizer's pair template, [CLS] a [SEP] b [SEP] for BERT's), each a
 Hugging Face `save_to_disk` folder, mixed with `config.data.name='mix'`
 (each example labelled for its own task, -1 elsewhere; ids source << 40
@@ -16,7 +17,7 @@ arg `vocab_size`: the tokenizer's size + 1 (PAD); mtkd refuses a smaller
 one. Paper: Clark et al. 2019, 'BAM! Born-Again Multi-Task Networks'.
 
 Data, on a machine with internet (then copy DIR here):
-  for t in sst2 cola mrpc rte qnli: datasets.load_dataset("glue", t).save_to_disk(f"DIR/{t}")
+  for t in sst2 cola mrpc qqp rte mnli qnli: datasets.load_dataset("glue", t).save_to_disk(f"DIR/{t}")
   AutoTokenizer.from_pretrained("bert-base-uncased").backend_tokenizer.save("DIR/tokenizer.json")
 Reproduce:
   python -m mtkd.main --config=configs/glue_mix.py:dir=DIR --workdir=workdirs/glue_mix
@@ -34,10 +35,14 @@ from mtkd import defaults
 from mtkd.configs_util import parse_arg
 from mtkd.data import standin
 
-# task -> (input field, pair field).
-TASKS = {"sst2": ("sentence", ""), "cola": ("sentence", ""),
-         "mrpc": ("sentence1", "sentence2"), "rte": ("sentence1", "sentence2"),
-         "qnli": ("question", "sentence")}
+# task -> (input field, pair field, the split read as test).
+TASKS = {"sst2": ("sentence", "", "validation"),
+         "cola": ("sentence", "", "validation"),
+         "mrpc": ("sentence1", "sentence2", "validation"),
+         "qqp": ("question1", "question2", "validation"),
+         "rte": ("sentence1", "sentence2", "validation"),
+         "mnli": ("premise", "hypothesis", "validation_matched"),
+         "qnli": ("question", "sentence", "validation")}
 SMOKE_TASKS = ("sst2", "cola", "mrpc")  # What mtkd/data/standin.py writes.
 
 
@@ -55,7 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.sources = {t: dict(
       name="hf", path=os.path.join(root, t), input_field=TASKS[t][0],
       pair_field=TASKS[t][1], id_field="idx", tasks={t: "label"},
-      tokenizer=tokenizer, splits=dict(train="train", test="validation"))
+      tokenizer=tokenizer, splits=dict(train="train", test=TASKS[t][2]))
       for t in tasks}
   c.data.sampling = args["sampling"]
   c.data.sampling_temperature = 2.0
