@@ -180,12 +180,14 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_resumes(tmp_path,
 def _corrupt_largest_file(step_dir, truncate=False):
   files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs]
   path = max(files, key=os.path.getsize)
-  raw = bytearray(open(path, "rb").read())
+  with open(path, "rb") as f:
+    raw = bytearray(f.read())
   if truncate:
     raw = raw[: len(raw) // 2]
   else:
     raw[len(raw) // 2] ^= 0xFF
-  open(path, "wb").write(raw)
+  with open(path, "wb") as f:
+    f.write(raw)
 
 
 @pytest.mark.parametrize("truncate", [False, True])
