@@ -144,7 +144,9 @@ class TrainBatches:
       batch.update(self.join(views.view_ids(ids, v, self.num_views)))
       batch.update(keys)
       return batch
-    seeds = views.epoch_seed(self.seed, ids, epochs)
+    seeds = (views.epoch_seed(self.seed, ids, epochs) if self.augment_seeds
+             or self.mix is not None or self.gather.host is not None
+             else None)  # Not hashed when nothing draws from them.
     batch = self.gather(rows, seeds=seeds)
     if self.mix is not None:
       self._mix(batch, seeds)
