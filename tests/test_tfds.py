@@ -142,3 +142,33 @@ def test_lazy_pipeline_gives_the_in_memory_results(data_dir, tmp_path,
                         dir=data_dir, lazy=lazy_read, num_labeled=48)
     results.append(run_mtkd(c, tmp_path / f"w{lazy_read}"))
   assert results[0] == results[1]
+
+
+class MtkdTinyRenamed(tfds.core.GeneratorBasedBuilder):
+  """The same images under another field name ('photo')."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=(
+        tfds.features.FeaturesDict({
+            "photo": tfds.features.Image(shape=(8, 8, 3)),
+            "label": tfds.features.ClassLabel(num_classes=6)})))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {s: self._generate_examples(s) for s in COUNTS}
+
+  def _generate_examples(self, split):
+    for i, ex in MtkdTinyCifar._generate_examples(None, split):
+      yield i, {"photo": ex["image"], "label": ex["label"]}
+
+
+def test_lazy_reading_of_another_image_field(tmp_path):
+  d = str(tmp_path)
+  MtkdTinyRenamed(data_dir=d, file_format="array_record").download_and_prepare()
+  cfg = dict(name="tfds", tfds_name="mtkd_tiny_renamed", dir=d,
+             input_field="photo")
+  eager = datasets.build(ml_collections.ConfigDict(cfg))
+  lz = datasets.build(ml_collections.ConfigDict(dict(cfg, lazy=True)))
+  np.testing.assert_array_equal(lz.train.x[np.arange(len(lz.train))],
+                                eager.train.x)

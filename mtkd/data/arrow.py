@@ -115,10 +115,10 @@ def hf(cfg) -> Dataset:
                     f"directory (got {root!r}). {FIX}")
   names = {s: dict(cfg.get("splits") or {}).get(s, s) for s in SPLITS}
   is_lazy = bool(cfg.get("lazy", False))
-  input_field = fields_lib.input_field(cfg, _schema_names(root, names["train"]))
+  fields = {s: _schema_names(root, names[s]) for s in SPLITS}
+  input_field = fields_lib.input_field(cfg, fields["train"])
   tables = {s: read_split(root, names[s], input_field if is_lazy else None)
             for s in SPLITS}
-  fields = {s: _schema_names(root, names[s]) for s in SPLITS}
   if set(fields["train"]) != set(fields["test"]):
     raise UserError(f"{root!r}: train has fields {sorted(fields['train'])}, "
                     f"test {sorted(fields['test'])}; the splits' schemas "

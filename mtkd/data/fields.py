@@ -99,9 +99,6 @@ def inputs(column: list, field: str, where: str, tokenizer=None,
   if is_text(first):
     return tokenizer.encode(_texts(column, field, where), None if pairs is None
                             else _texts(pairs, "pair_field", where))[0]
-  if isinstance(first, dict) and "bytes" in first:
-    column = [_decode(item) for item in column]  # (`assemble` decoded.)
-    first = column[0]
   if isinstance(first, np.ndarray) and first.ndim >= 2:  # Images.
     out = [x if x.ndim == 3 else x[..., None] for x in column]
     if image_size:

@@ -42,13 +42,12 @@ class LazyRows:
 
   def __getitem__(self, index) -> np.ndarray:
     """Reads the rows `index` (an int, slice or integer array)."""
-    rows = np.atleast_1d(self.index[index])
-    out = np.asarray(self.read(rows), self.dtype)
-    if out.shape != (len(rows), *self.row_shape):
-      raise ValueError(f"{self.source}: read {out.shape} for {len(rows)} rows "
-                       f"of {self.row_shape}.")
-    return out[0] if np.ndim(index) == 0 and not isinstance(index, slice) \
-        else out
+    rows = self.index[index]
+    out = np.asarray(self.read(np.atleast_1d(rows)), self.dtype)
+    if out.shape[1:] != self.row_shape:
+      raise ValueError(f"{self.source}: read rows of {out.shape[1:]}, "
+                       f"expected {self.row_shape}.")
+    return out if np.ndim(rows) else out[0]
 
   def fingerprint(self) -> str:
     h = hashlib.sha256(self.source.encode())

@@ -30,7 +30,9 @@ from mtkd.errors import UserError
 _CHUNK = 1024  # Rows read per `__getitems__` call.
 
 
-def _source(name: str, data_dir: str, split: str, encoded: bool = False):
+def _source(name: str, data_dir: str, split: str, encoded: str = ""):
+  """`tfds.data_source` of a split; the image feature `encoded` (if any)
+  is left as its encoded bytes (read lazily, decoded per batch)."""
   try:
     import tensorflow_datasets as tfds
   except ImportError:
@@ -42,7 +44,7 @@ def _source(name: str, data_dir: str, split: str, encoded: bool = False):
          "folder here and pass --config.data.dir=DIR.")
   try:
     return tfds.data_source(name, data_dir=data_dir, split=split, decoders=(
-        {"image": tfds.decode.SkipDecoding()} if encoded else None))
+        {encoded: tfds.decode.SkipDecoding()} if encoded else None))
   except Exception as e:  # noqa: BLE001 - TFDS raises many kinds; all fatal.
     raise UserError(f"Cannot read TFDS dataset {name!r} split {split!r} from "
                     f"{data_dir!r} ({type(e).__name__}: "
@@ -105,7 +107,8 @@ def tfds_dataset(cfg) -> Dataset:
     if len(src) == 0:
       raise UserError(f"{where} split {names[s]!r} is empty.")
     if is_lazy:  # Labels and ids now; images when a batch needs them.
-      src = _source(name, data_dir, names[s], encoded=True)
+      field = fields_lib.input_field(cfg, available)
+      src = _source(name, data_dir, names[s], encoded=field)
       lazy_inputs[s] = _lazy_images(cfg, src, features, name, names[s])
     columns[s] = _read(src, read)
   return fields_lib.assemble(cfg, "tfds", columns, classes, tasks, available,

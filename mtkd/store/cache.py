@@ -435,8 +435,8 @@ class LogitCache:
     """A cache of several shards but at most `IN_MEMORY_BYTES` becomes one
     array per name (read once): a batch is then one gather, not one per
     shard it touches (a K-view cache spreads a batch over ~K times more
-    shards: measured 0.45 ms per batch and array at 118 shards, against
-    0.04 in one array). Larger caches stay memory-mapped."""
+    shards: experiments/bench_cache_join.py). Larger caches stay
+    memory-mapped."""
     if len(self._shards) < 2 or sum(
         x.nbytes for s in self._shards for p in s.values() for x in p
     ) > IN_MEMORY_BYTES:
