@@ -156,7 +156,6 @@ class TrainBatches:
       batch["aug_seed"] = seeds
     return batch
 
-
   def _mix(self, batch: Batch, seeds: np.ndarray) -> None:
     """Mixup / cutmix with partner rows of the stream (`host_augment`)."""
     shape = self.gather.split.x.shape

@@ -237,17 +237,17 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation,
                     ) -> Callable | SplitStep:
   """Builds the pure step `(state, batch, rng) -> (state, metrics)`.
 
-  Order inside a step: fold the step (and device) into the key; augment the
-  inputs (`step_inputs`: per-example seeds); in online-teacher mode run the frozen
-  teachers on those same inputs (`teacher(state.extra["teachers"], inputs)
+  Order inside a step: fold the step (and device) into the key; augment
+  the inputs (`step_inputs`: per-example seeds); in online-teacher mode run
+  the frozen teachers on those same inputs (`teacher(state.extra["teachers"], inputs)
   -> (logits, features)`), so teacher and student see one view; compute the
   objective's per-term means; let the weighting turn them into gradients.
 
   With `axis_name` (pmap), the batch is one device's share: counts,
   gradients and metrics are summed over the axis, which makes the update
-  equal to the one `jit` computes on the whole batch. Dropout keys are
-  then folded with the device index (draws differ from jit's); augmentation
-  is per example (`aug_seed`, `view_seed`), so it does not. `accumulate`: see `_objective_terms`; `ema`: `_apply`.
+  equal to the one `jit` computes on the whole batch; dropout keys are
+  folded with the device index, augmentation is per example (`aug_seed`,
+  `view_seed`). `accumulate`: see `_objective_terms`; `ema`: `_apply`.
 
   `split` returns the step as a `SplitStep` (config.split_step): XLA:CPU
   recomputes BatchNorm/ReLU chains inside a one-program CNN step's weight
